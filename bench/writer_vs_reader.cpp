@@ -283,9 +283,9 @@ int run(const Options& options) {
   }
   const double locked_with_reader = by_mode.at(InfoMode::locked).median_with_reader();
   std::printf("\n| writer pairs/s with a reader, ratio | value |\n|---|---|\n");
-  std::printf("| rcu_walk / locked | %.0f |\n",
+  std::printf("| rcu_walk / locked | %.1f |\n",
               by_mode.at(InfoMode::rcu_walk).median_with_reader() / locked_with_reader);
-  std::printf("| counters / locked | %.0f |\n",
+  std::printf("| counters / locked | %.1f |\n",
               by_mode.at(InfoMode::counters).median_with_reader() / locked_with_reader);
 
   const double update_ns_alone = 1e9 / publish_only.median_alone();
