@@ -27,6 +27,9 @@ namespace uvmalloc::tool {
 inline constexpr int kExitUsage = 2;    // bad options
 inline constexpr int kExitFailure = 1;  // the run itself failed
 
+// strprintf() - printf into a std::string (g++ 12 has no <format>).
+[[nodiscard]] std::string strprintf(const char* format, ...) __attribute__((format(printf, 1, 2)));
+
 // one_line() - `text` with every run of whitespace (newlines included)
 // collapsed to one space and the ends trimmed: errors print as one line.
 [[nodiscard]] std::string one_line(std::string_view text);
