@@ -134,6 +134,13 @@ std::error_code decommit(void* start, std::size_t bytes) {
   return {};
 }
 
+std::error_code uncommit(void* start, std::size_t bytes) {
+  if (const int err = fault::injected_errno(OsCall::decommit)) return errno_code(err);
+  if (::mprotect(start, bytes, PROT_NONE) != 0) return errno_code(errno);
+  if (::madvise(start, bytes, MADV_DONTNEED) != 0) return errno_code(errno);
+  return {};
+}
+
 void discard(void* start, std::size_t bytes) noexcept {
   // Nothing to do on failure: the caller already treats the range as unusable.
   (void)::madvise(start, bytes, MADV_DONTNEED);

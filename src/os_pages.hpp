@@ -41,6 +41,13 @@ namespace uvmalloc::os {
 // OsCall::decommit.
 [[nodiscard]] std::error_code decommit(void* start, std::size_t bytes);
 
+// os::uncommit() - undo commit() and populate() on a range nobody has used
+// yet: mprotect(PROT_NONE), then madvise(MADV_DONTNEED) for pages populate
+// faulted in. Unlike decommit() it never needs a new kernel mapping (it only
+// puts back the protection its neighbours have), so it still works when a
+// commit failed because the process ran out of mappings. OsCall::decommit.
+[[nodiscard]] std::error_code uncommit(void* start, std::size_t bytes);
+
 // os::discard() - drop the pages of a committed range, leaving it committed
 // (madvise MADV_DONTNEED: later reads see zero). The fallback when decommit()
 // fails; it needs no new mapping, so it does not fail for the reason

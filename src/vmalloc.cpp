@@ -11,7 +11,7 @@
 // Invariant: every address range that is free in the VaSpace is reserved
 // (PROT_NONE, no pages), except runs in quarantined_runs. It holds because
 // the reservation starts reserved, a purge decommits every run before VaSpace
-// makes it free (on_purge runs first), and a rollback decommits before it
+// makes it free (on_purge runs first), and a roll-back uncommits before it
 // frees. That is why vmalloc needs no memset: a committed page that was
 // reserved reads as zero, the kernel's fresh anonymous page.
 //
@@ -84,8 +84,8 @@ struct Vmalloc::Impl {
 
   // on_purge: one decommit per merged run.
   void give_back(std::span<const Area> runs);
-  // Decommits an area whose commit or populate failed, and frees it.
-  void roll_back(const Area& area);
+  // Uncommits an area whose commit or populate failed, and frees it.
+  void roll_back(const Area& area, std::size_t usable_bytes);
 
   // Quarantine: runs the kernel would not decommit (see VmallocStats).
   void quarantine(const Area& run);
@@ -148,7 +148,7 @@ std::expected<void*, std::error_code> Vmalloc::Impl::vmalloc(std::size_t size, V
     ec = os::populate(pointer, usable_bytes);
   }
   if (ec) {
-    roll_back(area);
+    roll_back(area, usable_bytes);
     return std::unexpected(make_error_code(errc::os_refused));
   }
   areas_live.fetch_add(1, std::memory_order_relaxed);
@@ -156,17 +156,18 @@ std::expected<void*, std::error_code> Vmalloc::Impl::vmalloc(std::size_t size, V
   return pointer;
 }
 
-void Vmalloc::Impl::roll_back(const Area& area) {
-  // A failed mprotect or populate may have changed part of the range, so
-  // take all of it back to reserved before VaSpace may hand it out again.
-  if (!os::decommit(as_pointer(area.start), size_of(area))) {
+void Vmalloc::Impl::roll_back(const Area& area, std::size_t usable_bytes) {
+  // A failed mprotect or populate may have changed part of the range, so put
+  // all of it back to reserved before VaSpace may hand it out again. The
+  // guard page was never touched.
+  if (!os::uncommit(as_pointer(area.start), usable_bytes)) {
     must_succeed(space->free(area.start), "free after roll-back");
     return;
   }
   decommit_failures.fetch_add(1, std::memory_order_relaxed);
-  os::discard(as_pointer(area.start), size_of(area));
-  // The next purge tries the decommit again, and quarantines the run if the
-  // kernel still refuses; the range is never free while committed.
+  os::discard(as_pointer(area.start), usable_bytes);
+  // The next purge tries again with a decommit, and quarantines the run if
+  // the kernel still refuses; the range is never free while committed.
   must_succeed(space->free_lazy(area.start), "lazy free after failed roll-back");
 }
 

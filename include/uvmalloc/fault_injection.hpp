@@ -11,7 +11,8 @@
 //   reserve    mmap(PROT_NONE, MAP_NORESERVE)               Vmalloc::create()
 //   commit     mprotect(PROT_READ | PROT_WRITE)             Vmalloc::vmalloc()
 //   populate   madvise(MADV_POPULATE_WRITE) (or MAP_POPULATE) vmalloc() with populate
-//   decommit   mmap(MAP_FIXED, PROT_NONE, MAP_NORESERVE)    purges and rollbacks
+//   decommit   mmap(MAP_FIXED, PROT_NONE, MAP_NORESERVE)    purges (one per merged run)
+//              mprotect(PROT_NONE) + madvise(MADV_DONTNEED) vmalloc() rolling back a failure
 //   release    munmap() of the whole reservation            ~Vmalloc()
 //
 // Thread safety: every function may be called from any thread at any time.

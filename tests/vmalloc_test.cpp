@@ -1,0 +1,590 @@
+// tests/vmalloc_test.cpp - Vmalloc (DESIGN 2.2, issue 4): real pages on a
+// reserved range, guard pages, lazy freeing and batched giving back.
+//
+// The faults (guard page, use after purge) are death tests. Resident memory
+// is read from /proc/self/statm. Fault injection (uvmalloc/fault_injection.hpp)
+// drives the kernel-refused paths; one test runs the kernel out of mappings
+// for real.
+#include <uvmalloc/errors.hpp>
+#include <uvmalloc/fault_injection.hpp>
+#include <uvmalloc/vmalloc.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_util.hpp"
+
+namespace uvmalloc::testing {
+namespace {
+
+constexpr std::size_t KiB = 1024;
+constexpr std::size_t MiB = 1024 * KiB;
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
+[[nodiscard]] std::unique_ptr<Vmalloc> create_vmalloc(const VmallocOptions& options = {}) {
+  auto created = Vmalloc::create(options);
+  if (!created) throw std::runtime_error("Vmalloc::create failed: " + created.error().message());
+  return std::move(*created);
+}
+
+// vmalloc() that fails the test on an error, so a test reads `char* p = allocate(vm, n)`.
+[[nodiscard]] char* allocate(Vmalloc& vm, std::size_t size, VmallocFlags flags = VmallocFlags::none) {
+  auto result = vm.vmalloc(size, flags);
+  if (!result) {
+    ADD_FAILURE() << "vmalloc(" << size << ") failed: " << result.error().message();
+    return nullptr;
+  }
+  return static_cast<char*>(*result);
+}
+
+[[nodiscard]] ::testing::AssertionResult IsVmallocError(const std::expected<void*, std::error_code>& result,
+                                                        errc specific, std::errc generic) {
+  if (result)
+    return ::testing::AssertionFailure() << "expected an error, got " << *result;
+  return IsError(result.error(), specific, generic);
+}
+
+[[nodiscard]] std::string describe(const VmallocStats& stats) {
+  std::ostringstream out;
+  out << "areas_live " << stats.areas_live << ", bytes_live " << stats.bytes_live << ", purges "
+      << stats.purges << ", unmap_calls " << stats.unmap_calls << ", unmapped_bytes "
+      << stats.unmapped_bytes << ", decommit_failures " << stats.decommit_failures
+      << ", quarantined_bytes " << stats.quarantined_bytes;
+  return out.str();
+}
+
+// Everything a caller can observe of a Vmalloc: its stats and its space.
+[[nodiscard]] std::string snapshot(const Vmalloc& vm) {
+  return describe(vm.stats()) + "\n" + testing::snapshot(vm.space());
+}
+
+// The process's resident memory, in bytes.
+[[nodiscard]] std::size_t resident_bytes() {
+  std::FILE* statm = std::fopen("/proc/self/statm", "r");
+  if (statm == nullptr) throw std::runtime_error("cannot open /proc/self/statm");
+  unsigned long size_pages = 0;
+  unsigned long resident_pages = 0;
+  const int read = std::fscanf(statm, "%lu %lu", &size_pages, &resident_pages);
+  std::fclose(statm);
+  if (read != 2) throw std::runtime_error("cannot parse /proc/self/statm");
+  return resident_pages * kPage;
+}
+
+void touch_every_page(char* p, std::size_t size) {
+  for (std::size_t offset = 0; offset < size; offset += kPage) p[offset] = 1;
+}
+
+// Where the first non-zero byte is, or size.
+[[nodiscard]] std::size_t first_nonzero(const char* p, std::size_t size) {
+  return static_cast<std::size_t>(std::find_if(p, p + size, [](char c) { return c != 0; }) - p);
+}
+
+class FaultInjectionGuard {
+ public:
+  FaultInjectionGuard() { fault::clear(); }
+  ~FaultInjectionGuard() { fault::clear(); }
+};
+
+// Death tests fork; "threadsafe" re-executes the binary, so the child does
+// not inherit liburcu's threads in an unknown state.
+class VmallocDeathTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ::testing::FLAGS_gtest_death_test_style = "threadsafe"; }
+};
+
+/*** Creation ***/
+
+TEST(Vmalloc, CreateRejectsBadReservations) {
+  VmallocOptions options;
+  options.reserve = 0;
+  EXPECT_TRUE(IsError(Vmalloc::create(options).error(), errc::bad_options, std::errc::invalid_argument));
+  options.reserve = 64 * KiB + 1;
+  EXPECT_TRUE(IsError(Vmalloc::create(options).error(), errc::bad_options, std::errc::invalid_argument));
+  options.reserve = kPage;  // no room for a page and its guard
+  EXPECT_TRUE(IsError(Vmalloc::create(options).error(), errc::bad_options, std::errc::invalid_argument));
+  options.guard_page = false;
+  EXPECT_TRUE(Vmalloc::create(options).has_value());
+}
+
+TEST(Vmalloc, CreateReportsRefusedReservation) {
+  FaultInjectionGuard faults;
+  fault::inject(fault::OsCall::reserve, 0, 1, ENOMEM);
+  auto created = Vmalloc::create({});
+  ASSERT_FALSE(created.has_value());
+  EXPECT_TRUE(IsError(created.error(), errc::os_refused, std::errc::not_enough_memory));
+  EXPECT_TRUE(Vmalloc::create({}).has_value()) << "one injected failure only";
+}
+
+TEST(Vmalloc, SpaceCoversTheReservation) {
+  VmallocOptions options;
+  options.reserve = 8 * MiB;
+  options.lazy_max_pages = 100;
+  auto vm = create_vmalloc(options);
+  const VmallocInfo info = vm->space().info();
+  EXPECT_EQ(info.total, 8 * MiB);
+  EXPECT_EQ(info.used, 0u);
+  EXPECT_EQ(info.largest_chunk, 8 * MiB);
+  EXPECT_EQ(vm->space().lazy_max_pages(), 100u);
+  EXPECT_EQ(vm->space().options().end - vm->space().options().start, 8 * MiB);
+  auto defaults = create_vmalloc();
+  EXPECT_EQ(defaults->space().lazy_max_pages(), default_lazy_max_pages(kPage));
+}
+
+/*** Allocation ***/
+
+TEST(Vmalloc, ReturnsZeroedWritablePageAlignedMemory) {
+  auto vm = create_vmalloc();
+  const std::size_t size = 3 * kPage + 17;
+  char* p = allocate(*vm, size);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(reinterpret_cast<std::uintptr_t>(p) % kPage, 0u);
+  EXPECT_EQ(first_nonzero(p, 4 * kPage), 4 * kPage);
+  std::memset(p, 0x5a, 4 * kPage);  // the whole rounded-up size is writable
+  EXPECT_EQ(p[4 * kPage - 1], 0x5a);
+
+  const VmallocStats stats = vm->stats();
+  EXPECT_EQ(stats.areas_live, 1u);
+  EXPECT_EQ(stats.bytes_live, 4 * kPage) << "bytes_live counts the rounded size, not the guard";
+  EXPECT_EQ(vm->space().info().used, 5 * kPage) << "the space's area includes the guard page";
+  EXPECT_EQ(vm->space().find(reinterpret_cast<std::uintptr_t>(p) + 4 * kPage),
+            (Area{reinterpret_cast<std::uintptr_t>(p), reinterpret_cast<std::uintptr_t>(p) + 5 * kPage}));
+}
+
+TEST(Vmalloc, AreasFollowEachOtherWithOneGuardPageBetween) {
+  auto vm = create_vmalloc();
+  char* first = allocate(*vm, 2 * kPage);
+  char* second = allocate(*vm, kPage);
+  EXPECT_EQ(second, first + 3 * kPage);
+
+  VmallocOptions unguarded;
+  unguarded.guard_page = false;
+  auto vm_unguarded = create_vmalloc(unguarded);
+  char* a = allocate(*vm_unguarded, 2 * kPage);
+  char* b = allocate(*vm_unguarded, kPage);
+  EXPECT_EQ(b, a + 2 * kPage);
+  EXPECT_EQ(vm_unguarded->space().info().used, 3 * kPage);
+}
+
+TEST(Vmalloc, PurgedRangeReadsZeroWhenAllocatedAgain) {
+  VmallocOptions options;
+  options.guard_page = false;  // so the new area covers the old one exactly, the old guard page included
+  auto vm = create_vmalloc(options);
+  const std::size_t size = 256 * KiB;
+  char* first = allocate(*vm, size);
+  std::memset(first, 0xab, size);
+  ASSERT_FALSE(vm->vfree(first));
+  vm->purge();
+  char* again = allocate(*vm, size);
+  ASSERT_EQ(again, first) << "lowest fit reuses the purged range";
+  EXPECT_EQ(first_nonzero(again, size), size);
+}
+
+TEST(Vmalloc, PopulatedMemoryIsResidentZeroedAndWritable) {
+  auto vm = create_vmalloc();
+  const std::size_t size = 16 * MiB;
+  const std::size_t before = resident_bytes();
+  char* p = allocate(*vm, size, VmallocFlags::populate);
+  ASSERT_NE(p, nullptr);
+  EXPECT_GE(resident_bytes(), before + size * 9 / 10) << "populate faulted the pages in";
+  EXPECT_EQ(first_nonzero(p, size), size);
+  std::memset(p, 1, size);
+  ASSERT_FALSE(vm->vfree(p));
+  vm->purge();
+  EXPECT_LE(resident_bytes(), before + size / 10);
+}
+
+TEST(Vmalloc, PopulateOptionAppliesToPlainVmalloc) {
+  VmallocOptions options;
+  options.populate = true;
+  auto vm = create_vmalloc(options);
+  const std::size_t size = 16 * MiB;
+  const std::size_t before = resident_bytes();
+  auto p = vm->vmalloc(size);
+  ASSERT_TRUE(p.has_value());
+  EXPECT_GE(resident_bytes(), before + size * 9 / 10);
+  EXPECT_FALSE(vm->vfree(*p));
+}
+
+TEST(Vmalloc, BadSizesAreRejectedAndChangeNothing) {
+  auto vm = create_vmalloc();
+  char* keep = allocate(*vm, kPage);
+  ASSERT_FALSE(vm->vfree(allocate(*vm, kPage)));
+  const std::string before = snapshot(*vm);
+  EXPECT_TRUE(IsVmallocError(vm->vmalloc(0), errc::zero_size, std::errc::invalid_argument));
+  EXPECT_TRUE(IsVmallocError(vm->vmalloc(std::numeric_limits<std::size_t>::max()), errc::size_overflow,
+                             std::errc::invalid_argument));
+  EXPECT_TRUE(IsVmallocError(vm->vmalloc(std::numeric_limits<std::size_t>::max() - kPage),
+                             errc::size_overflow, std::errc::invalid_argument));
+  EXPECT_EQ(snapshot(*vm), before);
+  EXPECT_FALSE(vm->vfree(keep));
+}
+
+/*** Faults ***/
+
+TEST_F(VmallocDeathTest, GuardPageFaults) {
+  auto vm = create_vmalloc();
+  char* p = allocate(*vm, 2 * kPage);
+  ASSERT_NE(p, nullptr);
+  p[2 * kPage - 1] = 1;  // the last byte of the area is fine
+  volatile char* guard = p + 2 * kPage;
+  EXPECT_DEATH(*guard = 1, "");
+  EXPECT_DEATH((void)*guard, "");
+}
+
+TEST_F(VmallocDeathTest, FreedMemoryFaultsAfterPurge) {
+  auto vm = create_vmalloc();
+  char* p = allocate(*vm, 4 * kPage);
+  ASSERT_NE(p, nullptr);
+  touch_every_page(p, 4 * kPage);
+  ASSERT_FALSE(vm->vfree(p));
+  vm->purge();
+  volatile char* freed = p + kPage;
+  EXPECT_DEATH(*freed = 1, "");
+  EXPECT_DEATH((void)*freed, "");
+}
+
+/*** Freeing and purging ***/
+
+TEST(Vmalloc, FreedMemoryStaysResidentUntilPurgeThenLeaves) {
+  auto vm = create_vmalloc();  // the default lazy_max_pages is far above 32 MiB
+  const std::size_t size = 32 * MiB;
+  char* p = allocate(*vm, size);
+  ASSERT_NE(p, nullptr);
+  const std::size_t before_touch = resident_bytes();
+  touch_every_page(p, size);
+  const std::size_t touched = resident_bytes();
+  EXPECT_GE(touched, before_touch + size * 9 / 10);
+
+  ASSERT_FALSE(vm->vfree(p));
+  EXPECT_GE(resident_bytes(), touched - size / 10) << "vfree is lazy: the pages wait for a purge";
+  EXPECT_EQ(vm->stats().bytes_live, 0u);
+  EXPECT_EQ(vm->space().info().used, 0u) << "lazily freed areas count as free";
+
+  vm->purge();
+  EXPECT_LE(resident_bytes(), touched - size * 9 / 10);
+  const VmallocStats stats = vm->stats();
+  EXPECT_EQ(stats.purges, 1u);
+  EXPECT_EQ(stats.unmap_calls, 1u);
+  EXPECT_EQ(stats.unmapped_bytes, size + kPage) << "the area and its guard page";
+}
+
+TEST(Vmalloc, SixtyFourAdjacentFreesPurgeInOneCall) {
+  FaultInjectionGuard faults;
+  auto vm = create_vmalloc();
+  std::vector<char*> areas;
+  for (int i = 0; i < 64; ++i) {
+    areas.push_back(allocate(*vm, 64 * KiB));
+    touch_every_page(areas.back(), 64 * KiB);
+  }
+  // Freed in a scrambled order: merging is by address, not by time.
+  std::shuffle(areas.begin(), areas.end(), std::mt19937(42));
+  for (char* p : areas) ASSERT_FALSE(vm->vfree(p));
+  const std::uint64_t decommits_before = fault::calls(fault::OsCall::decommit);
+  vm->purge();
+  const VmallocStats stats = vm->stats();
+  EXPECT_EQ(stats.purges, 1u);
+  EXPECT_EQ(stats.unmap_calls, 1u) << "64 adjacent areas are one run";
+  EXPECT_EQ(stats.unmapped_bytes, 64 * (64 * KiB + kPage));
+  EXPECT_EQ(fault::calls(fault::OsCall::decommit) - decommits_before, 1u);
+}
+
+TEST(Vmalloc, SeparatedFreesPurgeInOneCallPerRun) {
+  auto vm = create_vmalloc();
+  std::vector<char*> areas;
+  for (int i = 0; i < 64; ++i) areas.push_back(allocate(*vm, 64 * KiB));
+  // Every fourth area stays live, cutting the freed ones into 16 runs of three.
+  for (int i = 0; i < 64; ++i) {
+    if (i % 4 != 3) {
+      ASSERT_FALSE(vm->vfree(areas[i]));
+    }
+  }
+  vm->purge();
+  EXPECT_EQ(vm->stats().unmap_calls, 16u);
+  EXPECT_EQ(vm->stats().areas_live, 16u);
+}
+
+TEST(Vmalloc, ResidentFreedMemoryStaysBelowLazyMaxPages) {
+  VmallocOptions options;
+  options.lazy_max_pages = 1024;  // 4 MiB
+  auto vm = create_vmalloc(options);
+  const std::size_t baseline = resident_bytes();
+  std::size_t peak = baseline;
+  for (int i = 0; i < 200; ++i) {
+    char* p = allocate(*vm, 1 * MiB);
+    ASSERT_NE(p, nullptr);
+    touch_every_page(p, 1 * MiB);
+    ASSERT_FALSE(vm->vfree(p));
+    peak = std::max(peak, resident_bytes());
+  }
+  // Lazily freed pages stay resident until they pass lazy_max_pages (4 MiB),
+  // then a purge takes them all; one live buffer adds 1 MiB.
+  EXPECT_LE(peak - baseline, 4 * MiB + 1 * MiB + 2 * MiB) << "2 MiB slack for the test itself";
+  EXPECT_GE(vm->stats().purges, 200u / 5 / 2) << "purges started by themselves";
+  EXPECT_EQ(vm->stats().areas_live, 0u);
+}
+
+TEST(Vmalloc, EveryBadVfreeIsRejectedAndChangesNothing) {
+  auto vm = create_vmalloc();
+  char* live = allocate(*vm, 4 * kPage);
+  char* freed = allocate(*vm, kPage);
+  char* purged = allocate(*vm, kPage);
+  ASSERT_FALSE(vm->vfree(purged));
+  vm->purge();
+  ASSERT_FALSE(vm->vfree(freed));  // lazily freed, not yet purged
+  live[0] = 7;
+  int not_from_vmalloc = 0;
+  const std::uintptr_t reservation_end = vm->space().options().end;
+
+  EXPECT_FALSE(vm->vfree(nullptr)) << "nullptr is a no-op";
+  const std::string before = snapshot(*vm);
+  const std::pair<const char*, void*> bad[] = {
+      {"inner pointer", live + kPage},
+      {"one byte in", live + 1},
+      {"guard page", live + 4 * kPage},
+      {"double free before the purge", freed},
+      {"freed and purged", purged},
+      {"never returned, inside the reservation", reinterpret_cast<void*>(reservation_end - kPage)},
+      {"outside the reservation", &not_from_vmalloc},
+      {"reservation's end", reinterpret_cast<void*>(reservation_end)},
+  };
+  for (const auto& [what, pointer] : bad) {
+    EXPECT_TRUE(IsError(vm->vfree(pointer), errc::not_an_area, std::errc::invalid_argument)) << what;
+    EXPECT_EQ(snapshot(*vm), before) << what;
+  }
+  EXPECT_EQ(live[0], 7) << "the live area is untouched";
+  EXPECT_FALSE(vm->vfree(live));
+  EXPECT_TRUE(IsError(vm->vfree(live), errc::not_an_area, std::errc::invalid_argument)) << "double free";
+}
+
+/*** Exhaustion and refusal ***/
+
+TEST(Vmalloc, SmallReservationRunsOutCleanlyAndRecovers) {
+  VmallocOptions options;
+  options.reserve = 1 * MiB;
+  auto vm = create_vmalloc(options);
+  // 64 KiB + a guard page: 15 areas take 1020 KiB of the 1024.
+  std::vector<char*> areas;
+  for (int i = 0; i < 15; ++i) areas.push_back(allocate(*vm, 64 * KiB));
+  ASSERT_EQ(vm->stats().areas_live, 15u);
+  const std::string full = snapshot(*vm);
+  EXPECT_TRUE(IsVmallocError(vm->vmalloc(64 * KiB), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsVmallocError(vm->vmalloc(2 * MiB), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_EQ(snapshot(*vm), full) << "a failed vmalloc leaves no area behind";
+
+  // A lazily freed area is reused after the purge vmalloc starts by itself.
+  ASSERT_FALSE(vm->vfree(areas[7]));
+  char* again = allocate(*vm, 64 * KiB);
+  EXPECT_EQ(again, areas[7]);
+  EXPECT_EQ(first_nonzero(again, 64 * KiB), 64 * KiB);
+  EXPECT_EQ(vm->stats().purges, 1u);
+}
+
+TEST(Vmalloc, RefusedCommitRollsBackAndLeaksNothing) {
+  FaultInjectionGuard faults;
+  auto vm = create_vmalloc();
+  char* keep = allocate(*vm, kPage);
+  const std::string before = snapshot(*vm);
+  fault::inject(fault::OsCall::commit, 0, 1, ENOMEM);
+  EXPECT_TRUE(IsVmallocError(vm->vmalloc(64 * KiB), errc::os_refused, std::errc::not_enough_memory));
+  EXPECT_EQ(snapshot(*vm), before);
+  char* next = allocate(*vm, 64 * KiB);
+  EXPECT_EQ(next, keep + 2 * kPage) << "the rolled-back range is free again at once";
+  EXPECT_EQ(first_nonzero(next, 64 * KiB), 64 * KiB);
+}
+
+TEST(Vmalloc, RefusedPopulateRollsBackAndLeaksNothing) {
+  FaultInjectionGuard faults;
+  auto vm = create_vmalloc();
+  const std::string before = snapshot(*vm);
+  const std::size_t resident_before = resident_bytes();
+  fault::inject(fault::OsCall::populate, 0, 1, ENOMEM);
+  EXPECT_TRUE(IsVmallocError(vm->vmalloc(8 * MiB, VmallocFlags::populate), errc::os_refused,
+                             std::errc::not_enough_memory));
+  EXPECT_EQ(snapshot(*vm), before);
+  EXPECT_LE(resident_bytes(), resident_before + 1 * MiB);
+  EXPECT_NE(allocate(*vm, 8 * MiB, VmallocFlags::populate), nullptr);
+}
+
+TEST(Vmalloc, RefusedDecommitQuarantinesTheRunUntilARetrySucceeds) {
+  FaultInjectionGuard faults;
+  VmallocOptions options;
+  options.guard_page = false;
+  auto vm = create_vmalloc(options);
+  const std::size_t size = 4 * MiB;
+  char* p = allocate(*vm, size);
+  std::memset(p, 0xcd, size);
+  ASSERT_FALSE(vm->vfree(p));
+  const std::size_t resident_before = resident_bytes();
+  fault::inject(fault::OsCall::decommit, 0, 2, ENOMEM);  // the purge's call and the first retry
+  vm->purge();
+  VmallocStats stats = vm->stats();
+  EXPECT_EQ(stats.decommit_failures, 1u);
+  EXPECT_EQ(stats.quarantined_bytes, size);
+  EXPECT_EQ(stats.unmapped_bytes, 0u);
+  EXPECT_LE(resident_bytes(), resident_before - size * 9 / 10) << "the pages are dropped anyway";
+
+  // The retry before this vmalloc fails too, so the quarantined range is held
+  // and the area comes from above it.
+  char* q = allocate(*vm, size);
+  EXPECT_GE(q, p + size);
+  EXPECT_EQ(vm->stats().quarantined_bytes, size);
+  EXPECT_TRUE(IsError(vm->vfree(p), errc::not_an_area, std::errc::invalid_argument))
+      << "the holder of a quarantined run was never returned by vmalloc";
+
+  vm->purge();  // the retry succeeds and the holder is let go
+  stats = vm->stats();
+  EXPECT_EQ(stats.quarantined_bytes, 0u);
+  EXPECT_EQ(stats.unmapped_bytes, size);
+  EXPECT_EQ(stats.areas_live, 1u);
+  EXPECT_EQ(vm->space().info().used, size) << "only q is live";
+  char* again = allocate(*vm, size);
+  EXPECT_EQ(again, p);
+  EXPECT_EQ(first_nonzero(again, size), size);
+  EXPECT_EQ(vm->space().check_invariants(), "");
+}
+
+// The kernel refusing for real: each guarded area is two kernel mappings, so
+// vm.max_map_count runs out long before a large reservation does.
+TEST(Vmalloc, RunningOutOfKernelMappingsIsNotEnoughMemoryAndRecovers) {
+  if (kSanitized) GTEST_SKIP() << "sanitizer runtimes need mappings of their own";
+  auto vm = create_vmalloc();
+  std::vector<char*> areas;
+  std::expected<void*, std::error_code> result;
+  while ((result = vm->vmalloc(kPage)).has_value()) {
+    areas.push_back(static_cast<char*>(*result));
+    ASSERT_LT(areas.size(), 1'000'000u) << "vm.max_map_count never ran out";
+  }
+  EXPECT_TRUE(IsError(result.error(), errc::os_refused, std::errc::not_enough_memory));
+  VmallocStats stats = vm->stats();
+  EXPECT_EQ(stats.areas_live, areas.size());
+  EXPECT_EQ(stats.decommit_failures, 0u) << "the roll-back needed no new mapping";
+  EXPECT_EQ(vm->space().info().used, areas.size() * 2 * kPage) << "the failed area was freed";
+
+  // Freeing one area in the middle gives its two mappings back (the purge's
+  // range is exactly them), and the next vmalloc takes its place.
+  char* middle = areas[areas.size() / 2];
+  ASSERT_FALSE(vm->vfree(middle));
+  vm->purge();
+  char* again = allocate(*vm, kPage);
+  EXPECT_EQ(again, middle);
+  again[0] = 1;
+  ASSERT_FALSE(vm->vfree(areas[areas.size() / 3]));
+  vm->purge();
+  for (char* p : areas) {
+    if (p != areas[areas.size() / 3]) {
+      ASSERT_FALSE(vm->vfree(p));
+    }
+  }
+  vm->purge();
+  stats = vm->stats();
+  EXPECT_EQ(stats.areas_live, 0u);
+  EXPECT_EQ(stats.decommit_failures, 0u);
+  EXPECT_EQ(stats.quarantined_bytes, 0u);
+}
+
+/*** Concurrency ***/
+
+// Each thread fills its areas with a pattern of its own, checks it before
+// freeing, while the others allocate, free and purge: an overlap between two
+// live areas, or a purge taking a live one, breaks a pattern or faults.
+TEST(VmallocConcurrency, ThreadsKeepTheirOwnPatterns) {
+  VmallocOptions options;
+  options.lazy_max_pages = 256;  // purges start often, under the other threads' feet
+  options.info_mode = InfoMode::counters;
+  auto vm = create_vmalloc(options);
+  const int threads = 4;
+  const int rounds = static_cast<int>(300 * test_scale());
+  std::atomic<int> broken{0};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      std::mt19937_64 random(1234 + t);
+      struct Owned {
+        std::uint64_t* words;
+        std::size_t count;
+        std::uint64_t seed;
+      };
+      std::vector<Owned> owned;
+      auto check_and_free = [&](const Owned& area) {
+        for (std::size_t i = 0; i < area.count; ++i) {
+          if (area.words[i] != area.seed + i) {
+            broken.fetch_add(1, std::memory_order_relaxed);
+            break;
+          }
+        }
+        if (vm->vfree(area.words)) broken.fetch_add(1, std::memory_order_relaxed);
+      };
+      for (int round = 0; round < rounds; ++round) {
+        const std::size_t size = kPage * (1 + random() % 32) - random() % kPage;
+        auto result = vm->vmalloc(size);
+        if (!result) {
+          broken.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        Owned area{static_cast<std::uint64_t*>(*result), size / sizeof(std::uint64_t),
+                   (static_cast<std::uint64_t>(t) << 56) | (static_cast<std::uint64_t>(round) << 32)};
+        for (std::size_t i = 0; i < area.count; ++i) area.words[i] = area.seed + i;
+        owned.push_back(area);
+        if (owned.size() > 6 || random() % 3 == 0) {
+          const std::size_t victim = random() % owned.size();
+          check_and_free(owned[victim]);
+          owned.erase(owned.begin() + static_cast<std::ptrdiff_t>(victim));
+        }
+        if (random() % 50 == 0) vm->purge();
+      }
+      for (const Owned& area : owned) check_and_free(area);
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
+  EXPECT_EQ(broken.load(), 0);
+  const VmallocStats stats = vm->stats();
+  EXPECT_EQ(stats.areas_live, 0u);
+  EXPECT_EQ(stats.bytes_live, 0u);
+  EXPECT_GT(stats.purges, 0u);
+  vm->purge();
+  EXPECT_EQ(vm->space().info().used, 0u);
+  EXPECT_EQ(vm->space().check_invariants(), "");
+}
+
+TEST(VmallocConcurrency, RacingFreesOfOneAreaSucceedOnce) {
+  auto vm = create_vmalloc();
+  const int rounds = static_cast<int>(200 * test_scale());
+  for (int round = 0; round < rounds; ++round) {
+    char* p = allocate(*vm, kPage);
+    std::atomic<int> successes{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> racers;
+    for (int t = 0; t < 2; ++t) {
+      racers.emplace_back([&] {
+        while (!go.load(std::memory_order_acquire)) {
+        }
+        if (!vm->vfree(p)) successes.fetch_add(1, std::memory_order_relaxed);
+      });
+    }
+    go.store(true, std::memory_order_release);
+    for (std::thread& racer : racers) racer.join();
+    ASSERT_EQ(successes.load(), 1) << "round " << round;
+  }
+  EXPECT_EQ(vm->stats().areas_live, 0u);
+  EXPECT_EQ(vm->stats().bytes_live, 0u);
+}
+
+}  // namespace
+}  // namespace uvmalloc::testing
