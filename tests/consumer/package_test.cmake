@@ -56,7 +56,7 @@ if(VIA STREQUAL "cmake")
   run("building the consumer"
       COMMAND ${CMAKE_COMMAND} --build ${WORK_DIR}/build ${config_args})
   find_program(consumer NAMES consumer PATHS ${WORK_DIR}/build ${WORK_DIR}/build/${CONFIG}
-               NO_DEFAULT_PATH NO_CACHE REQUIRED)
+               NO_DEFAULT_PATH REQUIRED)
 elseif(VIA STREQUAL "pkgconfig")
   find_program(PKG_CONFIG NAMES pkg-config REQUIRED)
   set(ENV{PKG_CONFIG_PATH} "${prefix}/${LIBDIR}/pkgconfig:$ENV{PKG_CONFIG_PATH}")
