@@ -343,7 +343,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       mismatch("create()", "wrong error: " + describe(created.error()));
     return 0;
   }
-  if ((*created)->lazy_max_pages() == 0) mismatch("lazy_max_pages()", "0");
   Model model(options.start, options.end, options.page_size, (*created)->lazy_max_pages());
   Harness harness(std::move(*created), std::move(model));
   const Model& view = harness.model();

@@ -8,6 +8,7 @@
 #   scripts/fuzz.sh                      # CI: 60 s
 #   FUZZ_SECONDS=3600 scripts/fuzz.sh    # an hour
 #   FUZZ_JOBS=2 FUZZ_SECONDS=600 scripts/fuzz.sh   # two fuzzing processes
+#   FUZZ_CORPUS_DIR=~/uvm-corpus scripts/fuzz.sh    # keep the grown corpus there
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,8 +27,13 @@ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DUVMALLOC_BUILD_TESTS=OFF -DUVMALLOC_BUILD_BENCH=OFF -DUVMALLOC_BUILD_TOOLS=OFF >/dev/null
 cmake --build "$build" -j2 --target va_space_fuzz
 
-corpus=$(mktemp -d "${TMPDIR:-/tmp}/uvmalloc-fuzz-corpus.XXXXXX")
-trap 'rm -rf "$corpus"' EXIT
+if [ -n "${FUZZ_CORPUS_DIR:-}" ]; then
+  corpus=$FUZZ_CORPUS_DIR
+  mkdir -p "$corpus"
+else
+  corpus=$(mktemp -d "${TMPDIR:-/tmp}/uvmalloc-fuzz-corpus.XXXXXX")
+  trap 'rm -rf "$corpus"' EXIT
+fi
 cp "$root"/fuzz/corpus/* "$corpus"/
 artifacts=$build/fuzz-artifacts
 mkdir -p "$artifacts"

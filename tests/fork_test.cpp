@@ -134,7 +134,7 @@ TEST(Fork, ChildKeepsUsingTheSpaceItInherited) {
 }
 
 TEST(Fork, ChildCanCreateUseAndDestroyANewSpace) {
-  auto parent_space = make_space(1024, 16);
+  auto parent_space = make_space(1 << 16, 16);
   ASSERT_NE(parent_space, nullptr);
   ASSERT_EQ(exercise(*parent_space), 0);
   EXPECT_EQ(run_in_child([] {
