@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <initializer_list>
 #include <map>
 #include <random>
 #include <sstream>
@@ -120,7 +121,7 @@ class ModelRun {
   // Runs `steps` random operations; stops at the first disagreement.
   ::testing::AssertionResult run(std::size_t steps, EventCounts& events) {
     for (std::size_t step = 0; step < steps; ++step) {
-      if (auto result = random_step(events); !result) return failure(step, result);
+      if (auto result = random_step(step, events); !result) return failure(step, result);
       if (step < kFullCheckSteps || step % kCheckInterval == 0 || step + 1 == steps)
         if (auto result = compare_everything(); !result) return failure(step, result);
     }
@@ -130,15 +131,23 @@ class ModelRun {
  private:
   ::testing::AssertionResult failure(std::size_t step, const ::testing::AssertionResult& why) {
     std::ostringstream recent;
-    for (const std::string& op : recent_ops_) recent << "  " << op << "\n";
+    for (const Call& call : recent_ops_) {
+      recent << "  " << call.function << "(";
+      for (std::size_t i = 0; i < call.arguments.size(); ++i) recent << (i ? ", " : "") << hex(call.arguments[i]);
+      recent << ")\n";
+    }
     return ::testing::AssertionFailure()
-           << config_.name << ", info_mode " << name(mode_) << ", seed " << seed_ << " (replay: UVMALLOC_SEED="
-           << seed_ << "), step " << step << ": " << why.message() << "\nlast operations:\n"
+           << config_.name << ", info_mode " << name(mode_) << ", seed " << seed_ << ", step " << step << ": " << why.message() << "\nlast operations:\n"
            << recent.str() << "model areas:\n" << describe(model_->areas());
   }
 
-  void note(std::string op) {
-    recent_ops_.push_back(std::move(op));
+  // Remembers a call for the failure report; formatted only if one is needed.
+  struct Call {
+    const char* function;
+    std::vector<std::uintptr_t> arguments;
+  };
+  void note(const char* function, std::initializer_list<std::uintptr_t> arguments) {
+    recent_ops_.push_back({function, arguments});
     if (recent_ops_.size() > 16) recent_ops_.pop_front();
   }
 
@@ -196,10 +205,11 @@ class ModelRun {
   // An address to free or find: a live or lazy area's start, an inner or
   // end address, free space, or anything at all.
   std::uintptr_t random_address() {
-    const std::vector<AreaInfo> areas = model_->areas();
     const std::uintptr_t space_size = config_.pages * page_size();
-    if (!areas.empty() && chance(80)) {
-      const AreaInfo& area = areas[uniform(0, areas.size() - 1)];
+    const std::optional<AreaInfo> picked =
+        model_->area_at_or_after(config_.start + uniform(0, space_size - 1));
+    if (picked && chance(80)) {
+      const AreaInfo& area = *picked;
       switch (uniform(0, 5)) {
         case 0: return area.start + uniform(1, area.end - area.start - 1);
         case 1: return area.end - 1;
@@ -258,15 +268,22 @@ class ModelRun {
     return ::testing::AssertionSuccess();
   }
 
-  ::testing::AssertionResult random_step(EventCounts& events) {
+  ::testing::AssertionResult random_step(std::size_t step, EventCounts& events) {
+    // Phases of growth and of shrinking, so the space is seen nearly empty,
+    // fragmented and full. Percent: alloc (a quarter with a range), free
+    // (half of them lazy), purge, find.
+    const bool growing = (step / 1500) % 2 == 0;
+    const unsigned alloc_share = growing ? 50 : 25, free_share = growing ? 26 : 52;
     const unsigned kind = static_cast<unsigned>(uniform(0, 99));
     ::testing::AssertionResult result = ::testing::AssertionSuccess();
-    if (kind < 45) {
+    if (kind < alloc_share) {
       const std::size_t size = random_size(), align = random_align();
-      const bool ranged = kind >= 33;
+      const bool ranged = kind % 4 == 0;
       const auto [vstart, vend] = ranged ? random_range() : std::pair{config_.start, config_.start};
-      note((ranged ? "alloc(" + hex(size) + ", " + hex(align) + ", " + hex(vstart) + ", " + hex(vend) + ")"
-                   : "alloc(" + hex(size) + ", " + hex(align) + ")"));
+      if (ranged)
+        note("alloc", {size, align, vstart, vend});
+      else
+        note("alloc", {size, align});
       const auto actual = ranged ? space_->alloc(size, align, vstart, vend) : space_->alloc(size, align);
       const auto expected = ranged ? model_->alloc(size, align, vstart, vend) : model_->alloc(size, align);
       result = same(actual, expected);
@@ -281,30 +298,28 @@ class ModelRun {
         for (auto [code, event] : kErrors)
           if (expected.error() == code) ++events[event];
       }
-    } else if (kind < 75) {
-      const bool lazy = kind >= 60;
+    } else if (kind < alloc_share + free_share) {
+      const bool lazy = kind % 2 == 0;
       const std::uintptr_t address = random_address();
-      note(std::string(lazy ? "free_lazy(" : "free(") + hex(address) + ")");
+      note(lazy ? "free_lazy" : "free", {address});
       const std::error_code actual = lazy ? space_->free_lazy(address) : space_->free(address);
       const std::optional<errc> expected = lazy ? model_->free_lazy(address) : model_->free(address);
       result = same(actual, expected);
       ++events[expected ? (lazy ? free_lazy_not_an_area : free_not_an_area) : (lazy ? free_lazy_ok : free_ok)];
-    } else if (kind < 77) {
-      note("purge()");
+    } else if (kind < alloc_share + free_share + 2) {
+      note("purge", {});
       space_->purge();
       model_->purge();
     } else {
       const std::uintptr_t address = random_address();
-      note("find(" + hex(address) + ")");
+      note("find", {address});
       const std::optional<Area> actual = space_->find(address);
       const std::optional<Area> expected = model_->find(address);
       if (actual != expected)
         result = ::testing::AssertionFailure() << "find: VaSpace " << describe(actual)
                                                << ", model " << describe(expected);
-      const std::vector<AreaInfo> areas = model_->areas();
-      const bool in_lazy = std::any_of(areas.begin(), areas.end(), [&](const AreaInfo& area) {
-        return area.lazy && area.start <= address && address < area.end;
-      });
+      const std::optional<AreaInfo> around = model_->area_at_or_after(address);
+      const bool in_lazy = around && around->lazy && around->start <= address;
       ++events[expected ? find_live : (in_lazy ? find_lazy : find_nothing)];
     }
     if (!result) return result;
@@ -322,10 +337,14 @@ class ModelRun {
       return ::testing::AssertionFailure() << "meminfo:\n" << actual << "model:\n" << model_->meminfo();
     if (auto result = VmallocinfoMatches(space_->vmallocinfo(), model_->vmallocinfo_lines()); !result)
       return result << " (vmallocinfo)";
-    const std::string actual_areas = describe(list_areas(*space_));
-    const std::string expected_areas = describe(model_->areas());
-    if (actual_areas != expected_areas)
-      return ::testing::AssertionFailure() << "for_each_area:\n" << actual_areas << "model:\n" << expected_areas;
+    const std::vector<AreaInfo> actual_areas = list_areas(*space_);
+    const std::vector<AreaInfo> expected_areas = model_->areas();
+    const bool same_areas = std::equal(
+        actual_areas.begin(), actual_areas.end(), expected_areas.begin(), expected_areas.end(),
+        [](const AreaInfo& a, const AreaInfo& b) { return a.start == b.start && a.end == b.end && a.lazy == b.lazy; });
+    if (!same_areas)
+      return ::testing::AssertionFailure() << "for_each_area:\n" << describe(actual_areas) << "model:\n"
+                                           << describe(expected_areas);
     if (const std::string problem = space_->check_invariants(); !problem.empty())
       return ::testing::AssertionFailure() << "check_invariants: " << problem;
     return ::testing::AssertionSuccess();
@@ -338,7 +357,7 @@ class ModelRun {
   PurgeLog purges_;  // declared before space_: outlives it
   std::unique_ptr<VaSpace> space_;
   std::optional<ReferenceModel> model_;
-  std::deque<std::string> recent_ops_;
+  std::deque<Call> recent_ops_;
 };
 
 std::size_t scaled(std::size_t steps) {
@@ -346,6 +365,10 @@ std::size_t scaled(std::size_t steps) {
 }
 
 void expect_every_event(const EventCounts& events, const std::string& context) {
+  std::printf("%s:", context.c_str());
+  for (std::size_t event = 0; event < kEventCount; ++event)
+    std::printf(" %s %" PRIu64, kEventNames[event], events[event]);
+  std::printf("\n");
   for (std::size_t event = 0; event < kEventCount; ++event)
     EXPECT_GT(events[event], 0u) << context << ": no " << kEventNames[event]
                                  << " happened; the random mix no longer covers it";

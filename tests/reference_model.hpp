@@ -159,6 +159,15 @@ class ReferenceModel {
     return lines;
   }
 
+  // ReferenceModel::area_at_or_after() - the area (live or lazy) holding
+  // addr, else the first one above it; lets a test pick areas in O(log n).
+  [[nodiscard]] std::optional<AreaInfo> area_at_or_after(std::uintptr_t addr) const {
+    auto it = areas_.upper_bound(addr);
+    if (it != areas_.begin() && addr < std::prev(it)->second.end) --it;
+    if (it == areas_.end()) return std::nullopt;
+    return AreaInfo{it->first, it->second.end, it->second.lazy};
+  }
+
   // ReferenceModel::areas() - every area on the list, live and lazy, by address.
   [[nodiscard]] std::vector<AreaInfo> areas() const {
     std::vector<AreaInfo> result;
