@@ -2,28 +2,40 @@
 //
 // The seed's problem, measured: for each info mode, one writer does
 // alloc(1-4 pages) + free pairs at --areas fragmented live areas for
-// --seconds, alone (A) and while one other thread calls info() non-stop (B).
-// Runs interleave A B A B ... for --repeats rounds, so slow drift of a shared
-// machine hits both sides alike; "kept" is the median over rounds of B / A.
+// --seconds, alone (A), while one other thread calls info() on the same
+// space non-stop (B), and while that thread calls info() non-stop on another
+// space, identical but untouched by the writer (C). Runs interleave A B C
+// A B C ... for --repeats rounds, so slow drift of a shared machine hits all
+// alike. "kept" is the median over rounds of B / A. C separates what any
+// second busy thread costs on this machine (shared caches, memory bandwidth,
+// sibling hardware threads, liburcu's call_rcu thread competing for the two
+// CPUs) from what sharing the space costs: B / C.
 //
 // The floor for counters mode. A counters reader polls the figures the
 // writer publishes, so every published update moves that cache line from the
 // reader's core to the writer's and back: one cache-line transfer per update,
-// which no counters design avoids. Two synthetic writers measure it, also
-// interleaved with and without a reader polling a seqlock-protected pair:
-//   publish only     the writer does nothing but publish: ns per update alone
-//                    and polled, whose difference is one transfer;
-//   pair + publishes an alloc+free pair on the counters space plus
-//                    --publishes-per-pair publishes to the polled line: the
-//                    best "kept" a design publishing that often can reach.
+// which no counters design avoids. The writer publishes under its lock, and
+// the lock's atomic instruction waits for the store to the polled line to
+// complete, so the writer pays the transfer's full latency, not just a slot
+// in its store buffer. Two synthetic writers measure it, run A B C like the
+// modes (B: a reader polls the line the writer publishes to; C: it polls a
+// line nobody writes):
+//   publish under a lock  nothing but lock, publish, unlock: ns per update
+//                         alone and polled, whose difference is one transfer;
+//   pair + publishes      an alloc+free pair on the counters space plus
+//                         --publishes-per-pair locked publishes to the polled
+//                         line: the best "kept" a design publishing that
+//                         often can reach.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <expected>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -97,11 +109,15 @@ struct Rates {
   double reader_per_second;  // 0 when run alone
 };
 
+// Who runs beside the writer.
+enum class Companion { none, reader, neighbour };
+
 // Runs writer_step in this thread for `duration`, alone or while one other
 // thread runs reader_step non-stop, and returns both rates.
 template <class WriterStep, class ReaderStep>
-Rates run_writer(WriterStep&& writer_step, ReaderStep&& reader_step, bool with_reader,
+Rates run_writer(WriterStep&& writer_step, ReaderStep&& reader_step, Companion companion,
                  Seconds duration) {
+  const bool with_reader = companion != Companion::none;
   // Each flag on its own line, so polling them moves no line the writer writes.
   alignas(64) std::atomic<bool> reading{false};
   alignas(64) std::atomic<bool> stopped{false};
@@ -144,33 +160,33 @@ double median(std::vector<double> values) {
   return values.size() % 2 == 1 ? values[middle] : (values[middle - 1] + values[middle]) / 2;
 }
 
-// Alone and with-reader runs of one configuration, round by round.
+// The runs of one configuration, round by round.
 struct Series {
-  std::vector<Rates> alone, with_reader;
+  std::vector<Rates> alone, with_reader, with_neighbour;
 
-  [[nodiscard]] double median_alone() const { return median_of(alone, &Rates::writer_per_second); }
-  [[nodiscard]] double median_with_reader() const {
-    return median_of(with_reader, &Rates::writer_per_second);
-  }
-  [[nodiscard]] double median_reader() const {
-    return median_of(with_reader, &Rates::reader_per_second);
-  }
-  [[nodiscard]] std::vector<double> kept_per_round() const {
-    std::vector<double> kept;
-    for (std::size_t i = 0; i < alone.size(); ++i) {
-      kept.push_back(with_reader[i].writer_per_second / alone[i].writer_per_second);
+  void add(Companion companion, Rates rates) {
+    switch (companion) {
+      case Companion::none: alone.push_back(rates); break;
+      case Companion::reader: with_reader.push_back(rates); break;
+      case Companion::neighbour: with_neighbour.push_back(rates); break;
     }
-    return kept;
-  }
-  [[nodiscard]] double median_kept() const { return median(kept_per_round()); }
-
- private:
-  static double median_of(const std::vector<Rates>& runs, double Rates::*field) {
-    std::vector<double> values;
-    for (const Rates& run : runs) values.push_back(run.*field);
-    return median(values);
   }
 };
+
+double median_of(const std::vector<Rates>& runs, double Rates::*field) {
+  std::vector<double> values;
+  for (const Rates& run : runs) values.push_back(run.*field);
+  return median(values);
+}
+
+// The writer rate of each run over that of the same round's `base` run.
+std::vector<double> kept(const std::vector<Rates>& runs, const std::vector<Rates>& base) {
+  std::vector<double> ratios;
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    ratios.push_back(runs[i].writer_per_second / base[i].writer_per_second);
+  }
+  return ratios;
+}
 
 std::string load_average() {
   std::ifstream file("/proc/loadavg");
@@ -191,12 +207,53 @@ std::string si(double value) {
   return text;
 }
 
-std::string kept_range(const Series& series) {
-  const auto kept = series.kept_per_round();
-  const auto [low, high] = std::ranges::minmax(kept);
-  char text[48];
-  std::snprintf(text, sizeof text, "%.3f-%.3f", low, high);
+// "median (lowest-highest)" of per-round ratios.
+std::string ratio(const std::vector<double>& per_round) {
+  const auto [low, high] = std::ranges::minmax(per_round);
+  char text[64];
+  std::snprintf(text, sizeof text, "%.3f (%.3f-%.3f)", median(per_round), low, high);
   return text;
+}
+
+void print_row(const char* name, const Series& series) {
+  std::printf("| %s | %s | %s | %s | %s | %s | %s |\n", name,
+              si(median_of(series.alone, &Rates::writer_per_second)).c_str(),
+              si(median_of(series.with_reader, &Rates::writer_per_second)).c_str(),
+              ratio(kept(series.with_reader, series.alone)).c_str(),
+              ratio(kept(series.with_neighbour, series.alone)).c_str(),
+              ratio(kept(series.with_reader, series.with_neighbour)).c_str(),
+              si(median_of(series.with_reader, &Rates::reader_per_second)).c_str());
+}
+
+// The counters floor: what one cache-line transfer per published update
+// costs, and how close counters mode comes to the best it could keep.
+void print_floor(const Series& counters, const Series& publish_under_lock,
+                 const Series& pair_and_publishes, int publishes_per_pair) {
+  std::printf("\n| floor: synthetic writer | writer/s alone | with a poller | kept B/A "
+              "| kept with a neighbour C/A | sharing B/C | poller reads/s |\n"
+              "|---|---|---|---|---|---|---|\n");
+  print_row("publish under a lock (updates)", publish_under_lock);
+  char name[64];
+  std::snprintf(name, sizeof name, "pair + %d publishes (pairs)", publishes_per_pair);
+  print_row(name, pair_and_publishes);
+
+  const double update_ns_alone = 1e9 / median_of(publish_under_lock.alone,
+                                                 &Rates::writer_per_second);
+  const double update_ns_polled = 1e9 / median_of(publish_under_lock.with_reader,
+                                                  &Rates::writer_per_second);
+  const double transfer_ns = update_ns_polled - update_ns_alone;
+  const double pair_ns_alone = 1e9 / median_of(counters.alone, &Rates::writer_per_second);
+  const double counters_kept = median(kept(counters.with_reader, counters.alone));
+  const double measured_floor = median(kept(pair_and_publishes.with_reader,
+                                            pair_and_publishes.alone));
+  std::printf("\none locked publish: %.1f ns alone, %.1f ns polled: one cache-line transfer "
+              "costs the writer %.1f ns\n",
+              update_ns_alone, update_ns_polled, transfer_ns);
+  std::printf("floor predicted from it for a %.1f ns pair with %d publishes: %.3f\n",
+              pair_ns_alone, publishes_per_pair,
+              pair_ns_alone / (pair_ns_alone + publishes_per_pair * transfer_ns));
+  std::printf("counters kept %.3f = %.2f of the measured floor %.3f\n", counters_kept,
+              counters_kept / measured_floor, measured_floor);
 }
 
 struct Options {
@@ -204,19 +261,34 @@ struct Options {
   int repeats = 5;
   std::size_t areas = 10'000;
   int publishes_per_pair = 2;
+  std::vector<InfoMode> modes{std::begin(kModes), std::end(kModes)};
   bool raw = false;
 };
 
+// One space per mode for the writer, and an identical one per mode that
+// only the neighbour reads.
+struct Spaces {
+  std::map<InfoMode, Layout> written, untouched;
+};
+
+std::expected<Spaces, std::string> build_spaces(const Options& options) {
+  Spaces spaces;
+  for (const InfoMode mode : options.modes) {
+    for (auto* side : {&spaces.written, &spaces.untouched}) {
+      auto layout = make_fragmented(options.areas, mode, kLayoutSeed);
+      if (!layout) return std::unexpected(layout.error());
+      side->emplace(mode, std::move(*layout));
+    }
+  }
+  return spaces;
+}
+
 int run(const Options& options) {
   const Seconds duration(options.seconds);
-  std::map<InfoMode, Layout> spaces;
-  for (const InfoMode mode : kModes) {
-    auto layout = make_fragmented(options.areas, mode, kLayoutSeed);
-    if (!layout) {
-      std::fprintf(stderr, "writer_vs_reader: building the layout: %s\n", layout.error().c_str());
-      return 1;
-    }
-    spaces.emplace(mode, std::move(*layout));
+  auto spaces = build_spaces(options);
+  if (!spaces) {
+    std::fprintf(stderr, "writer_vs_reader: building the layouts: %s\n", spaces.error().c_str());
+    return 1;
   }
   PageSizeStream sizes(kTimedSeed);
   const auto alloc_free_pair = [&sizes](VaSpace& space) {
@@ -224,94 +296,88 @@ int run(const Options& options) {
     if (!start) die("alloc", start.error());
     if (auto ec = space.free(*start)) die("free", ec);
   };
-  PublishedPair polled;
+  PublishedPair polled, unpolled_neighbour;
   std::uint64_t updates = 0;
-  const auto poll = [&polled] { return polled.read(); };
-
-  std::printf("# writer vs reader: %zu live areas, %.2f s per run, %d rounds of A B, %u CPUs, "
-              "load average before: %s\n",
-              options.areas, options.seconds, options.repeats,
-              std::thread::hardware_concurrency(), load_average().c_str());
-  if (options.raw) std::printf("round,configuration,reader,writer_per_second,reader_per_second\n");
-
-  std::map<InfoMode, Series> by_mode;
-  Series publish_only, pair_and_publishes;
-  const auto record = [&](Series& series, const char* configuration, int round, bool with_reader,
-                          Rates rates) {
-    (with_reader ? series.with_reader : series.alone).push_back(rates);
-    if (options.raw) {
-      std::printf("%d,%s,%d,%.0f,%.0f\n", round, configuration, with_reader ? 1 : 0,
-                  rates.writer_per_second, rates.reader_per_second);
-    }
-  };
-  // Alone, then with a reader, back to back: A B A B ... over the rounds.
-  const auto measure = [&](Series& series, const char* configuration, int round,
-                           auto&& writer_step, auto&& reader_step) {
-    for (const bool with_reader : {false, true}) {
-      record(series, configuration, round, with_reader,
-             run_writer(writer_step, reader_step, with_reader, duration));
-    }
-  };
-  const auto publish = [&polled, &updates] {
+  std::mutex publish_lock;  // uncontended, as the writers' lock is for a lone writer
+  const auto publish = [&] {
+    std::lock_guard<std::mutex> hold(publish_lock);
     ++updates;
     polled.publish(updates, updates);
   };
-  VaSpace& counters_space = *spaces.at(InfoMode::counters).space;
-  for (int round = 0; round < options.repeats; ++round) {
-    for (const InfoMode mode : kModes) {
-      VaSpace& space = *spaces.at(mode).space;
-      measure(by_mode[mode], name_of(mode), round, [&] { alloc_free_pair(space); },
-              [&space] { return std::uint64_t{space.info().used}; });
+  const auto poll = [&polled] { return polled.read(); };
+  const auto poll_neighbour = [&unpolled_neighbour] { return unpolled_neighbour.read(); };
+
+  std::printf("# writer vs reader: %zu live areas, %.2f s per run, %d rounds of A B C, %u CPUs, "
+              "load average before: %s\n",
+              options.areas, options.seconds, options.repeats,
+              std::thread::hardware_concurrency(), load_average().c_str());
+  if (options.raw) {
+    std::printf("round,configuration,companion,writer_per_second,reader_per_second\n");
+  }
+  // Alone, with a reader, with a neighbour, back to back: A B C A B C ...
+  const auto measure = [&](Series& series, const char* configuration, int round,
+                           auto&& writer_step, auto&& reader_step, auto&& neighbour_step) {
+    for (const Companion companion : {Companion::none, Companion::reader, Companion::neighbour}) {
+      const Rates rates = companion == Companion::neighbour
+                              ? run_writer(writer_step, neighbour_step, companion, duration)
+                              : run_writer(writer_step, reader_step, companion, duration);
+      series.add(companion, rates);
+      if (options.raw) {
+        std::printf("%d,%s,%s,%.0f,%.0f\n", round, configuration,
+                    companion == Companion::none     ? "none"
+                    : companion == Companion::reader ? "reader"
+                                                     : "neighbour",
+                    rates.writer_per_second, rates.reader_per_second);
+      }
     }
-    measure(publish_only, "publish_only", round, publish, poll);
+  };
+
+  std::map<InfoMode, Series> by_mode;
+  Series publish_under_lock, pair_and_publishes;
+  // The floor is counters mode's: measured only with counters, on its space.
+  const auto counters_layout = spaces->written.find(InfoMode::counters);
+  const bool with_floor = counters_layout != spaces->written.end();
+  for (int round = 0; round < options.repeats; ++round) {
+    for (const InfoMode mode : options.modes) {
+      VaSpace& space = *spaces->written.at(mode).space;
+      const VaSpace& untouched = *spaces->untouched.at(mode).space;
+      measure(by_mode[mode], name_of(mode), round, [&] { alloc_free_pair(space); },
+              [&space] { return std::uint64_t{space.info().used}; },
+              [&untouched] { return std::uint64_t{untouched.info().used}; });
+    }
+    if (!with_floor) continue;
+    VaSpace& counters_space = *counters_layout->second.space;
+    measure(publish_under_lock, "publish_under_lock", round, publish, poll, poll_neighbour);
     measure(pair_and_publishes, "pair_and_publishes", round,
             [&] {
               alloc_free_pair(counters_space);
               for (int i = 0; i < options.publishes_per_pair; ++i) publish();
             },
-            poll);
+            poll, poll_neighbour);
   }
 
-  std::printf("\n| mode | writer pairs/s alone | with a reader | kept (median) | kept range "
-              "| reader info()/s |\n|---|---|---|---|---|---|\n");
-  for (const InfoMode mode : kModes) {
-    const Series& series = by_mode.at(mode);
-    std::printf("| %s | %s | %s | %.3f | %s | %s |\n", name_of(mode),
-                si(series.median_alone()).c_str(), si(series.median_with_reader()).c_str(),
-                series.median_kept(), kept_range(series).c_str(),
-                si(series.median_reader()).c_str());
+  std::printf("\nB: a reader calls info() on the writer's space; C: it calls info() on an "
+              "identical space the writer does not touch.\nRatios: median over rounds "
+              "(lowest-highest).\n\n"
+              "| mode | writer pairs/s alone (A) | with a reader (B) | kept B/A "
+              "| kept with a neighbour C/A | sharing B/C | reader info()/s |\n"
+              "|---|---|---|---|---|---|---|\n");
+  for (const InfoMode mode : options.modes) print_row(name_of(mode), by_mode.at(mode));
+  if (by_mode.contains(InfoMode::locked) && by_mode.size() > 1) {
+    const double locked_with_reader =
+        median_of(by_mode.at(InfoMode::locked).with_reader, &Rates::writer_per_second);
+    std::printf("\n| writer pairs/s with a reader, ratio | value |\n|---|---|\n");
+    for (const InfoMode mode : {InfoMode::rcu_walk, InfoMode::counters}) {
+      if (!by_mode.contains(mode)) continue;
+      std::printf("| %s / locked | %.1f |\n", name_of(mode),
+                  median_of(by_mode.at(mode).with_reader, &Rates::writer_per_second) /
+                      locked_with_reader);
+    }
   }
-  const double locked_with_reader = by_mode.at(InfoMode::locked).median_with_reader();
-  std::printf("\n| writer pairs/s with a reader, ratio | value |\n|---|---|\n");
-  std::printf("| rcu_walk / locked | %.1f |\n",
-              by_mode.at(InfoMode::rcu_walk).median_with_reader() / locked_with_reader);
-  std::printf("| counters / locked | %.1f |\n",
-              by_mode.at(InfoMode::counters).median_with_reader() / locked_with_reader);
-
-  const double update_ns_alone = 1e9 / publish_only.median_alone();
-  const double update_ns_polled = 1e9 / publish_only.median_with_reader();
-  const double transfer_ns = update_ns_polled - update_ns_alone;
-  const double pair_ns_alone = 1e9 / by_mode.at(InfoMode::counters).median_alone();
-  const double predicted_floor =
-      pair_ns_alone / (pair_ns_alone + options.publishes_per_pair * transfer_ns);
-  const double measured_floor = pair_and_publishes.median_kept();
-  std::printf("\n| floor: synthetic writer | alone | polled by a reader | kept (median) "
-              "| kept range |\n|---|---|---|---|---|\n");
-  std::printf("| publish only (updates/s) | %s | %s | %.3f | %s |\n",
-              si(publish_only.median_alone()).c_str(),
-              si(publish_only.median_with_reader()).c_str(), publish_only.median_kept(),
-              kept_range(publish_only).c_str());
-  std::printf("| pair + %d publishes (pairs/s) | %s | %s | %.3f | %s |\n",
-              options.publishes_per_pair, si(pair_and_publishes.median_alone()).c_str(),
-              si(pair_and_publishes.median_with_reader()).c_str(), measured_floor,
-              kept_range(pair_and_publishes).c_str());
-  std::printf("\none publish: %.1f ns alone, %.1f ns polled -> one cache-line transfer = %.1f ns\n",
-              update_ns_alone, update_ns_polled, transfer_ns);
-  std::printf("predicted floor for counters at %d publishes per pair of %.1f ns: %.3f\n",
-              options.publishes_per_pair, pair_ns_alone, predicted_floor);
-  std::printf("counters kept %.3f = %.2f of the measured floor %.3f\n",
-              by_mode.at(InfoMode::counters).median_kept(),
-              by_mode.at(InfoMode::counters).median_kept() / measured_floor, measured_floor);
+  if (with_floor) {
+    print_floor(by_mode.at(InfoMode::counters), publish_under_lock, pair_and_publishes,
+                options.publishes_per_pair);
+  }
   std::printf("load average after: %s\n", load_average().c_str());
   return 0;
 }
@@ -324,7 +390,7 @@ int main(int argc, char** argv) {
   CLI::App app{"One writer's alloc+free rate alone and against a non-stop info() reader, "
                "per info mode, with the cache-line-transfer floor of counters mode."};
   app.add_option("--seconds", options.seconds, "length of each run")
-      ->check(CLI::PositiveNumber)
+      ->check(CLI::Range(0.001, 3600.0))
       ->capture_default_str();
   app.add_option("--repeats", options.repeats, "rounds of alone/with-reader runs")
       ->check(CLI::PositiveNumber)
@@ -336,6 +402,14 @@ int main(int argc, char** argv) {
                  "cache-line publishes the floor charges each alloc+free pair")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  const std::map<std::string, uvmalloc::InfoMode> mode_names{
+      {"locked", uvmalloc::InfoMode::locked},
+      {"rcu_walk", uvmalloc::InfoMode::rcu_walk},
+      {"counters", uvmalloc::InfoMode::counters}};
+  app.add_option("--modes", options.modes, "info modes to run (the floor runs with counters)")
+      ->delimiter(',')
+      ->transform(CLI::CheckedTransformer(mode_names))
+      ->default_str("locked,rcu_walk,counters");
   app.add_flag("--raw", options.raw, "also print every run as CSV");
   CLI11_PARSE(app, argc, argv);
   return uvmalloc::bench::run(options);
