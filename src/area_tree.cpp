@@ -65,6 +65,7 @@ AreaTree::Inner* AreaTree::take_inner() noexcept {
   Inner* in = spare_inners_.back();
   spare_inners_.pop_back();
   in->count = 0;
+  in->live_differs = 0;
   return in;
 }
 
@@ -99,7 +100,11 @@ GapSummary AreaTree::summarize_leaf(const Leaf* l) noexcept {
   s.hi = l->end[n - 1];
   for (int i = 1; i < n; ++i) s.gap = std::max(s.gap, l->start[i] - l->end[i - 1]);
   std::uint32_t mask = l->live_mask;
-  if (mask) {
+  if (mask == (std::uint32_t{1} << n) - 1) {  // all live: the common case
+    s.live_lo = s.lo;
+    s.live_hi = s.hi;
+    s.live_gap = s.gap;
+  } else if (mask) {
     int i = std::countr_zero(mask);
     s.live_lo = l->start[i];
     std::uintptr_t prev_end = l->end[i];
@@ -123,6 +128,14 @@ GapSummary AreaTree::summarize_inner(const Inner* in) noexcept {
   s.gap = in->gap[0];
   for (int i = 1; i < n; ++i) {
     s.gap = std::max({s.gap, in->gap[i], in->lo[i] - in->hi[i - 1]});
+  }
+  // When every child's live summary equals its full one, so does ours
+  // (even if a lazily freed area hides inside without changing a figure).
+  if (in->live_differs == 0) {
+    s.live_lo = s.lo;
+    s.live_hi = s.hi;
+    s.live_gap = s.gap;
+    return s;
   }
   bool have_live = false;
   std::uintptr_t prev_hi = 0;
@@ -153,6 +166,9 @@ void AreaTree::set_slot(Inner* in, int i, const GapSummary& s) noexcept {
   in->live_lo[i] = s.live_lo;
   in->live_hi[i] = s.live_hi;
   in->live_gap[i] = s.live_gap;
+  const std::uint32_t bit = std::uint32_t{1} << i;
+  const bool differs = s.live_lo != s.lo || s.live_hi != s.hi || s.live_gap != s.gap;
+  in->live_differs = differs ? (in->live_differs | bit) : (in->live_differs & ~bit);
 }
 
 GapSummary AreaTree::slot(const Inner* in, int i) noexcept {
@@ -198,6 +214,8 @@ void AreaTree::inner_insert_at(Inner* in, int pos, Node* child, const GapSummary
     std::memmove(&field[pos + 1], &field[pos], tail * sizeof(field[0]));
   }
   std::memmove(&in->child[pos + 1], &in->child[pos], tail * sizeof(in->child[0]));
+  const std::uint32_t below = (std::uint32_t{1} << pos) - 1;
+  in->live_differs = (in->live_differs & below) | ((in->live_differs & ~below) << 1);
   in->child[pos] = child;
   set_slot(in, pos, s);
   ++in->count;
@@ -209,6 +227,8 @@ void AreaTree::inner_erase_at(Inner* in, int pos) noexcept {
     std::memmove(&field[pos], &field[pos + 1], tail * sizeof(field[0]));
   }
   std::memmove(&in->child[pos], &in->child[pos + 1], tail * sizeof(in->child[0]));
+  const std::uint32_t below = (std::uint32_t{1} << pos) - 1;
+  in->live_differs = (in->live_differs & below) | ((in->live_differs >> 1) & ~below);
   --in->count;
 }
 
@@ -253,6 +273,7 @@ void AreaTree::fix_up_after_insert(PathStep* path, int depth, Node* child, Node*
       constexpr int half = kInnerCap / 2;
       for (int i = half; i < kInnerCap; ++i) inner_insert_at(pr, i - half, p->child[i], slot(p, i));
       p->count = half;
+      p->live_differs &= (std::uint32_t{1} << half) - 1;
       if (ci + 1 > half) {
         inner_insert_at(pr, ci + 1 - half, right, rs);
       } else {
@@ -551,6 +572,12 @@ std::string AreaTree::check_node(const Node* n, int level, const GapSummary* exp
   }
   auto* in = static_cast<const Inner*>(n);
   if (in->count > kInnerCap) return "inner node over capacity";
+  for (int i = 0; i < kInnerCap; ++i) {
+    const bool differs = i < in->count && (in->live_lo[i] != in->lo[i] ||
+                                           in->live_hi[i] != in->hi[i] ||
+                                           in->live_gap[i] != in->gap[i]);
+    if (differs != (((in->live_differs >> i) & 1) != 0)) return "live_differs mask stale";
+  }
   for (int i = 0; i < in->count; ++i) {
     const GapSummary s = slot(in, i);
     std::string e = check_node(in->child[i], level + 1, &s, prev_leaf);

@@ -138,6 +138,9 @@ class AreaTree {
     std::uintptr_t live_hi[kInnerCap];
     std::uintptr_t live_gap[kInnerCap];
     Node* child[kInnerCap];
+    // Bit i: child i's live summary differs from its full one (it holds a
+    // lazily freed area that matters). 0 lets summaries skip the live pass.
+    std::uint32_t live_differs = 0;
   };
   struct PathStep {
     Inner* node;

@@ -70,6 +70,9 @@ struct alignas(64) PublishedInfo {
   std::atomic<std::size_t> largest_chunk{0};
 };
 
+// std::has_single_bit becomes a libgcc popcount call without -mpopcnt.
+constexpr bool is_power_of_two(std::size_t x) noexcept { return x != 0 && (x & (x - 1)) == 0; }
+
 struct Figures {
   std::size_t used;
   std::size_t largest_chunk;
@@ -252,7 +255,7 @@ VaSpace::~VaSpace() = default;
 
 std::expected<std::unique_ptr<VaSpace>, std::error_code> VaSpace::create(
     const VaSpaceOptions& o) {
-  const bool page_ok = o.page_size != 0 && std::has_single_bit(o.page_size);
+  const bool page_ok = is_power_of_two(o.page_size);
   const bool mode_ok = o.info_mode == InfoMode::locked || o.info_mode == InfoMode::rcu_walk ||
                        o.info_mode == InfoMode::counters;
   if (!page_ok || !mode_ok || o.start % o.page_size != 0 || o.end % o.page_size != 0 ||
@@ -273,7 +276,7 @@ std::expected<std::uintptr_t, std::error_code> VaSpace::alloc(std::size_t size, 
   Impl& s = *impl_;
   const std::size_t page = s.options.page_size;
   if (size == 0) return std::unexpected(make_error_code(errc::zero_size));
-  if (!std::has_single_bit(align)) return std::unexpected(make_error_code(errc::bad_alignment));
+  if (!is_power_of_two(align)) return std::unexpected(make_error_code(errc::bad_alignment));
   if (vstart >= vend || vstart < s.options.start || vend > s.options.end) {
     return std::unexpected(make_error_code(errc::bad_range));
   }
