@@ -38,7 +38,7 @@ namespace {
 
 constexpr std::size_t kFullCheckSteps = 2000;
 constexpr std::size_t kCheckInterval = 64;
-constexpr std::size_t kOpsPerConfig = 20000;  // x 5 configurations = 10^5 per info mode
+constexpr std::size_t kOpsPerConfig = 17000;  // x 6 configurations > 10^5 per info mode
 constexpr std::size_t kMaxSize = std::numeric_limits<std::size_t>::max();
 
 struct Config {
@@ -54,6 +54,7 @@ constexpr Config kConfigs[] = {
     {"small", 0x7f0000000000, 512, 4096, 32},
     {"large", 0x40000000, 4096, 4096, 200},
     {"starts at zero, 512-byte pages", 0, 1024, 512, 40},
+    {"64 KiB pages", 0x100000000, 256, 65536, 24},
     // Ends at the highest page-aligned address: aligning up can overflow.
     {"top of the address range", kMaxAddress - 256 * 4096 - 4095, 256, 4096, 16},
 };
@@ -258,6 +259,8 @@ class ModelRun {
       return failure;
     }
     for (const ReferenceModel::Purge& purge : expected) {
+      ++expected_stats_.purges;
+      expected_stats_.purged_areas += purge.areas;
       switch (purge.reason) {
         case ReferenceModel::PurgeReason::explicit_call: ++events[purge_explicit]; break;
         case ReferenceModel::PurgeReason::lazy_limit: ++events[purge_lazy_limit]; break;
@@ -287,6 +290,8 @@ class ModelRun {
       const auto actual = ranged ? space_->alloc(size, align, vstart, vend) : space_->alloc(size, align);
       const auto expected = ranged ? model_->alloc(size, align, vstart, vend) : model_->alloc(size, align);
       result = same(actual, expected);
+      if (expected) ++expected_stats_.allocs;
+      if (!expected && expected.error() == errc::no_space) ++expected_stats_.failed_allocs;
       if (expected) {
         ++events[ranged ? alloc_in_range_ok : alloc_ok];
         if (!model_->purges().empty()) ++events[alloc_ok_after_purge];
@@ -305,6 +310,7 @@ class ModelRun {
       const std::error_code actual = lazy ? space_->free_lazy(address) : space_->free(address);
       const std::optional<errc> expected = lazy ? model_->free_lazy(address) : model_->free(address);
       result = same(actual, expected);
+      if (!expected) ++(lazy ? expected_stats_.lazy_frees : expected_stats_.frees);
       ++events[expected ? (lazy ? free_lazy_not_an_area : free_not_an_area) : (lazy ? free_lazy_ok : free_ok)];
     } else if (kind < alloc_share + free_share + 2) {
       note("purge", {});
@@ -347,6 +353,17 @@ class ModelRun {
                                            << describe(expected_areas);
     if (const std::string problem = space_->check_invariants(); !problem.empty())
       return ::testing::AssertionFailure() << "check_invariants: " << problem;
+    const VaSpaceStats stats = space_->stats();
+    const VaSpaceStats& want = expected_stats_;
+    if (stats.allocs != want.allocs || stats.frees != want.frees || stats.lazy_frees != want.lazy_frees ||
+        stats.purges != want.purges || stats.purged_areas != want.purged_areas ||
+        stats.failed_allocs != want.failed_allocs)
+      return ::testing::AssertionFailure()
+             << "stats() {allocs, frees, lazy_frees, purges, purged_areas, failed_allocs} = {" << stats.allocs
+             << ", " << stats.frees << ", " << stats.lazy_frees << ", " << stats.purges << ", "
+             << stats.purged_areas << ", " << stats.failed_allocs << "}, expected {" << want.allocs << ", "
+             << want.frees << ", " << want.lazy_frees << ", " << want.purges << ", " << want.purged_areas
+             << ", " << want.failed_allocs << "}";
     return ::testing::AssertionSuccess();
   }
 
@@ -358,6 +375,7 @@ class ModelRun {
   std::unique_ptr<VaSpace> space_;
   std::optional<ReferenceModel> model_;
   std::deque<Call> recent_ops_;
+  VaSpaceStats expected_stats_{};  // what stats() must say: successes, no_space failures, purges
 };
 
 std::size_t scaled(std::size_t steps) {

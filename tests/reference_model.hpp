@@ -54,6 +54,7 @@ class ReferenceModel {
   struct Purge {
     PurgeReason reason;
     std::vector<Area> merged;  // what on_purge must have received
+    std::size_t areas;         // how many lazy areas it purged
   };
 
   // ReferenceModel::ReferenceModel()
@@ -234,7 +235,7 @@ class ReferenceModel {
 
   void purge_lazy(PurgeReason reason) {
     if (lazy_pages_ == 0) return;
-    Purge purge{reason, {}};
+    Purge purge{reason, {}, 0};
     for (auto it = areas_.begin(); it != areas_.end();) {
       if (!it->second.lazy) {
         ++it;
@@ -245,6 +246,7 @@ class ReferenceModel {
       else
         purge.merged.push_back({it->first, it->second.end});
       it = areas_.erase(it);
+      ++purge.areas;
     }
     lazy_pages_ = 0;
     purges_.push_back(std::move(purge));

@@ -167,6 +167,11 @@ inline constexpr InfoMode kAllInfoModes[] = {InfoMode::locked, InfoMode::rcu_wal
   out << "find:";
   for (std::uintptr_t address : probes) out << " " << hex(address) << "->" << describe(space.find(address));
   out << "\ninvariants: '" << space.check_invariants() << "'\n";
+  // A failed alloc is counted in stats().failed_allocs; no other count may move.
+  const VaSpaceStats stats = space.stats();
+  out << "stats: allocs " << stats.allocs << ", frees " << stats.frees << ", lazy_frees "
+      << stats.lazy_frees << ", purges " << stats.purges << ", purged_areas " << stats.purged_areas
+      << "\n";
   return out.str();
 }
 

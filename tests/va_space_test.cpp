@@ -770,6 +770,28 @@ TEST_F(VaSpaceTest, ForEachAreaListsLiveAndLazyAreasByAddress) {
             "[0x1000a000, 0x1000c000)\n");
 }
 
+TEST_F(VaSpaceTest, StatsCountEveryWriterEvent) {
+  make(8);
+  fill(0, 8);
+  ASSERT_FALSE(space_->free(at(0)));
+  ASSERT_FALSE(space_->free_lazy(at(1)));
+  ASSERT_FALSE(space_->free_lazy(at(2)));
+  ASSERT_TRUE(AllocatedAt(space_->alloc(2 * kPage, 1), at(0)));  // purges 2 areas, retries
+  ASSERT_FALSE(space_->alloc(8 * kPage, 1).has_value());        // fails, nothing to purge
+  // Rejected calls count nothing.
+  ASSERT_FALSE(space_->alloc(0, 1).has_value());
+  ASSERT_FALSE(space_->alloc(kPage, 3).has_value());
+  ASSERT_TRUE(space_->free(at(1)));
+  ASSERT_TRUE(space_->free_lazy(at(0) + 1));
+  const VaSpaceStats stats = space_->stats();
+  EXPECT_EQ(stats.allocs, 9u);
+  EXPECT_EQ(stats.frees, 1u);
+  EXPECT_EQ(stats.lazy_frees, 2u);
+  EXPECT_EQ(stats.purges, 1u);
+  EXPECT_EQ(stats.purged_areas, 2u);
+  EXPECT_EQ(stats.failed_allocs, 1u);
+}
+
 /*** threads and teardown ***/
 
 std::size_t thread_count() {
