@@ -9,7 +9,11 @@
 // alike. "kept" is the median over rounds of B / A. C separates what any
 // second busy thread costs on this machine (shared caches, memory bandwidth,
 // sibling hardware threads, liburcu's call_rcu thread competing for the two
-// CPUs) from what sharing the space costs: B / C.
+// CPUs) from what sharing the space costs: B / C. "kept per CPU-second"
+// divides each rate by the share of the run the writer spent on a CPU, so it
+// shows how much slower the writer's work got, apart from time it was
+// preempted (on two CPUs, by the call_rcu thread or the kernel's real-time
+// throttling) or, in locked mode, blocked on the lock.
 //
 // The floor for counters mode. A counters reader polls the figures the
 // writer publishes, so every published update moves that cache line from the
@@ -33,6 +37,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <expected>
 #include <fstream>
 #include <map>
@@ -108,7 +113,17 @@ struct alignas(64) PublishedPair {
 struct Rates {
   double writer_per_second;
   double reader_per_second;  // 0 when run alone
+  // The writer's CPU time over wall time: below 1 when it was preempted (by
+  // the call_rcu thread or other tasks) or blocked (on the lock), which
+  // tells scheduling losses from slower work.
+  double writer_on_cpu;
 };
+
+Seconds thread_cpu_time() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return Seconds(static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) * 1e-9);
+}
 
 // Who runs beside the writer.
 enum class Companion { none, reader, neighbour };
@@ -142,6 +157,7 @@ Rates run_writer(WriterStep&& writer_step, ReaderStep&& reader_step, Companion c
     while (!reading.load(std::memory_order_relaxed)) std::this_thread::yield();
   }
   const auto begin = Clock::now();
+  const auto cpu_begin = thread_cpu_time();
   std::uint64_t steps = 0;
   Seconds elapsed{};
   do {
@@ -151,7 +167,9 @@ Rates run_writer(WriterStep&& writer_step, ReaderStep&& reader_step, Companion c
   } while (elapsed < duration);
   stopped.store(true, std::memory_order_relaxed);
   if (reader.joinable()) reader.join();
-  return {static_cast<double>(steps) / elapsed.count(), reader_per_second};
+  const Seconds on_cpu = thread_cpu_time() - cpu_begin;
+  return {static_cast<double>(steps) / elapsed.count(), reader_per_second,
+          on_cpu / elapsed};
 }
 
 double median(std::vector<double> values) {
@@ -188,6 +206,17 @@ std::vector<double> kept(const std::vector<Rates>& runs, const std::vector<Rates
   return ratios;
 }
 
+// The same per second the writer spent on a CPU: how much slower its work
+// got, leaving out time it was preempted or blocked.
+std::vector<double> kept_on_cpu(const std::vector<Rates>& runs, const std::vector<Rates>& base) {
+  std::vector<double> ratios;
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    ratios.push_back((runs[i].writer_per_second / runs[i].writer_on_cpu) /
+                     (base[i].writer_per_second / base[i].writer_on_cpu));
+  }
+  return ratios;
+}
+
 std::string load_average() {
   std::ifstream file("/proc/loadavg");
   std::string one, five, fifteen;
@@ -215,13 +244,23 @@ std::string ratio(const std::vector<double>& per_round) {
   return text;
 }
 
+// The table header matching print_row, `subject` naming what runs.
+void print_header(const char* subject, const char* writer_unit, const char* reader_unit) {
+  std::printf("| %s | writer %s alone (A) | with a reader (B) | kept B/A "
+              "| kept with a neighbour C/A | sharing B/C | kept per CPU-second B/A "
+              "| writer on CPU in B | reader %s |\n|---|---|---|---|---|---|---|---|---|\n",
+              subject, writer_unit, reader_unit);
+}
+
 void print_row(const char* name, const Series& series) {
-  std::printf("| %s | %s | %s | %s | %s | %s | %s |\n", name,
+  std::printf("| %s | %s | %s | %s | %s | %s | %s | %.3f | %s |\n", name,
               si(median_of(series.alone, &Rates::writer_per_second)).c_str(),
               si(median_of(series.with_reader, &Rates::writer_per_second)).c_str(),
               ratio(kept(series.with_reader, series.alone)).c_str(),
               ratio(kept(series.with_neighbour, series.alone)).c_str(),
               ratio(kept(series.with_reader, series.with_neighbour)).c_str(),
+              ratio(kept_on_cpu(series.with_reader, series.alone)).c_str(),
+              median_of(series.with_reader, &Rates::writer_on_cpu),
               si(median_of(series.with_reader, &Rates::reader_per_second)).c_str());
 }
 
@@ -229,9 +268,8 @@ void print_row(const char* name, const Series& series) {
 // costs, and how close counters mode comes to the best it could keep.
 void print_floor(const Series& counters, const Series& publish_under_lock,
                  const Series& pair_and_publishes, int publishes_per_pair) {
-  std::printf("\n| floor: synthetic writer | writer/s alone | with a poller | kept B/A "
-              "| kept with a neighbour C/A | sharing B/C | poller reads/s |\n"
-              "|---|---|---|---|---|---|---|\n");
+  std::printf("\n");
+  print_header("floor: synthetic writer", "steps/s", "polls/s");
   print_row("publish under a lock (updates)", publish_under_lock);
   char name[64];
   std::snprintf(name, sizeof name, "pair + %d publishes (pairs)", publishes_per_pair);
@@ -317,7 +355,8 @@ int run(const Options& options) {
               options.areas, options.seconds, options.repeats,
               std::thread::hardware_concurrency(), load_average().c_str());
   if (options.raw) {
-    std::printf("round,configuration,companion,writer_per_second,reader_per_second\n");
+    std::printf("round,configuration,companion,writer_per_second,reader_per_second,"
+                "writer_on_cpu\n");
   }
   // Alone, with a reader, with a neighbour, back to back: A B C A B C ...
   const auto measure = [&](Series& series, const char* configuration, int round,
@@ -328,11 +367,11 @@ int run(const Options& options) {
                               : run_writer(writer_step, reader_step, companion, duration);
       series.add(companion, rates);
       if (options.raw) {
-        std::printf("%d,%s,%s,%.0f,%.0f\n", round, configuration,
+        std::printf("%d,%s,%s,%.0f,%.0f,%.3f\n", round, configuration,
                     companion == Companion::none     ? "none"
                     : companion == Companion::reader ? "reader"
                                                      : "neighbour",
-                    rates.writer_per_second, rates.reader_per_second);
+                    rates.writer_per_second, rates.reader_per_second, rates.writer_on_cpu);
       }
     }
   };
@@ -363,10 +402,8 @@ int run(const Options& options) {
 
   std::printf("\nB: a reader calls info() on the writer's space; C: it calls info() on an "
               "identical space the writer does not touch.\nRatios: median over rounds "
-              "(lowest-highest).\n\n"
-              "| mode | writer pairs/s alone (A) | with a reader (B) | kept B/A "
-              "| kept with a neighbour C/A | sharing B/C | reader info()/s |\n"
-              "|---|---|---|---|---|---|---|\n");
+              "(lowest-highest).\n\n");
+  print_header("mode", "pairs/s", "info()/s");
   for (const InfoMode mode : options.modes) print_row(name_of(mode), by_mode.at(mode));
   if (by_mode.contains(InfoMode::locked) && by_mode.size() > 1) {
     const double locked_with_reader =
