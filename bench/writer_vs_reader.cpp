@@ -27,10 +27,11 @@
 //   publish under a lock  nothing but lock, publish, unlock: ns per update
 //                         alone and polled (back to back, successive
 //                         transfers overlap, so this is a lower bound);
-//   pair + publishes      an alloc+free pair on the counters space plus
-//                         --publishes-per-pair locked publishes to the polled
-//                         line: the best "kept" a design publishing that
-//                         often can reach.
+//   pair + publishes      an alloc+free pair on the counters space with a
+//                         locked publish to the polled line after the alloc
+//                         and after the free, as counters mode publishes:
+//                         the best "kept" a design publishing that often can
+//                         reach.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -61,6 +62,7 @@ using Clock = std::chrono::steady_clock;
 constexpr std::uint64_t kLayoutSeed = 1;
 constexpr std::uint64_t kTimedSeed = 2;
 constexpr int kStepsPerClockRead = 16;  // a clock read costs about as much as a small step
+constexpr int kPublishesPerPair = 2;    // counters mode publishes after every alloc and free
 
 constexpr InfoMode kModes[] = {InfoMode::locked, InfoMode::rcu_walk, InfoMode::counters};
 
@@ -267,30 +269,28 @@ void print_row(const char* name, const Series& series) {
 // The counters floor: what one cache-line transfer per published update
 // costs, and how close counters mode comes to the best it could keep.
 void print_floor(const Series& counters, const Series& publish_under_lock,
-                 const Series& pair_and_publishes, int publishes_per_pair) {
+                 const Series& pair_and_publishes) {
   std::printf("\n");
   print_header("floor: synthetic writer", "steps/s", "polls/s");
   print_row("publish under a lock (updates)", publish_under_lock);
-  char name[64];
-  std::snprintf(name, sizeof name, "pair + %d publishes (pairs)", publishes_per_pair);
-  print_row(name, pair_and_publishes);
+  print_row("pair + a publish after each op (pairs)", pair_and_publishes);
 
   const auto ns_per_step = [](const std::vector<Rates>& runs) {
     return 1e9 / median_of(runs, &Rates::writer_per_second);
   };
   // Back to back, the transfers of successive publishes overlap; between
-  // two pairs each publish finds the line in the reader's cache and pays a
-  // whole transfer: the figure that sets counters mode's floor.
+  // two operations each publish finds the line in the reader's cache and
+  // pays a whole transfer: the figure that sets counters mode's floor.
   const double back_to_back_ns =
       ns_per_step(publish_under_lock.with_reader) - ns_per_step(publish_under_lock.alone);
   const double isolated_ns =
       (ns_per_step(pair_and_publishes.with_reader) - ns_per_step(pair_and_publishes.alone)) /
-      publishes_per_pair;
+      kPublishesPerPair;
   const double counters_kept = median(kept(counters.with_reader, counters.alone));
   const double measured_floor = median(kept(pair_and_publishes.with_reader,
                                             pair_and_publishes.alone));
   std::printf("\na polled publish costs the writer %.1f ns more back to back, %.1f ns more "
-              "between pairs (one whole cache-line transfer)\n",
+              "between operations (one whole cache-line transfer)\n",
               back_to_back_ns, isolated_ns);
   std::printf("counters kept %.3f = %.2f of the measured floor %.3f (pair of %.1f ns alone)\n",
               counters_kept, counters_kept / measured_floor, measured_floor,
@@ -301,7 +301,6 @@ struct Options {
   double seconds = 0.5;
   int repeats = 5;
   std::size_t areas = 10'000;
-  int publishes_per_pair = 2;
   std::vector<InfoMode> modes{std::begin(kModes), std::end(kModes)};
   bool raw = false;
 };
@@ -332,10 +331,13 @@ int run(const Options& options) {
     return 1;
   }
   PageSizeStream sizes(kTimedSeed);
-  const auto alloc_free_pair = [&sizes](VaSpace& space) {
+  // alloc(1-4 pages) + free on `space`, calling after_op() after each.
+  const auto alloc_free_pair = [&sizes](VaSpace& space, auto&& after_op) {
     auto start = space.alloc(sizes.next_bytes(), kPageSize);
     if (!start) die("alloc", start.error());
+    after_op();
     if (auto ec = space.free(*start)) die("free", ec);
+    after_op();
   };
   PublishedPair polled, unpolled_neighbour;
   std::uint64_t updates = 0;
@@ -385,7 +387,7 @@ int run(const Options& options) {
     for (const InfoMode mode : options.modes) {
       VaSpace& space = *spaces->written.at(mode).space;
       const VaSpace& untouched = *spaces->untouched.at(mode).space;
-      measure(by_mode[mode], name_of(mode), round, [&] { alloc_free_pair(space); },
+      measure(by_mode[mode], name_of(mode), round, [&] { alloc_free_pair(space, [] {}); },
               [&space] { static_cast<void>(space.info()); },
               [&untouched] { static_cast<void>(untouched.info()); });
     }
@@ -393,11 +395,7 @@ int run(const Options& options) {
     VaSpace& counters_space = *counters_layout->second.space;
     measure(publish_under_lock, "publish_under_lock", round, publish, poll, poll_neighbour);
     measure(pair_and_publishes, "pair_and_publishes", round,
-            [&] {
-              alloc_free_pair(counters_space);
-              for (int i = 0; i < options.publishes_per_pair; ++i) publish();
-            },
-            poll, poll_neighbour);
+            [&] { alloc_free_pair(counters_space, publish); }, poll, poll_neighbour);
   }
 
   std::printf("\nB: a reader calls info() on the writer's space; C: it calls info() on an "
@@ -417,8 +415,7 @@ int run(const Options& options) {
     }
   }
   if (with_floor) {
-    print_floor(by_mode.at(InfoMode::counters), publish_under_lock, pair_and_publishes,
-                options.publishes_per_pair);
+    print_floor(by_mode.at(InfoMode::counters), publish_under_lock, pair_and_publishes);
   }
   std::printf("load average after: %s\n", load_average().c_str());
   return 0;
@@ -439,10 +436,6 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--areas", options.areas, "live fragmented areas in the space")
       ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  app.add_option("--publishes-per-pair", options.publishes_per_pair,
-                 "cache-line publishes the floor charges each alloc+free pair")
-      ->check(CLI::Range(1, 64))
       ->capture_default_str();
   const std::map<std::string, uvmalloc::InfoMode> mode_names{
       {"locked", uvmalloc::InfoMode::locked},
