@@ -66,7 +66,7 @@ void run_child(const ChurnOptions& options) {
   }
   const auto threads =
       static_cast<unsigned>(parse_count("--child", options.child.substr(colon + 1), 1, 256));
-  const ChurnRun run = run_churn_child(*peer, threads, options.plan.seconds, options.plan.lazy_max_pages);
+  const ChurnRun run = run_churn_child(*peer, threads, options.plan);
   std::cout << to_json(run).dump() << std::endl;
 }
 
@@ -81,6 +81,10 @@ void run(const ChurnOptions& options) {
     return;
   }
   const ChurnPlan& plan = options.plan;
+  if (plan.min_bytes > plan.max_bytes) {
+    throw CLI::ValidationError("--min-kib", strprintf("%zu KiB is above --max-kib %zu KiB",
+                                                      plan.min_bytes / 1024, plan.max_bytes / 1024));
+  }
   const auto results = run_churn(plan, "bench churn");
 
   Report report({{"peer", "peer"},
@@ -91,6 +95,7 @@ void run(const ChurnOptions& options) {
                  {"peak_rss_bytes", "peak RSS", Format::bytes},
                  {"peak_rss_growth_bytes", "RSS growth", Format::bytes},
                  {"faults_per_op", "faults/op", Format::fixed1},
+                 {"cpu_ns_per_op", "CPU/op", Format::nanoseconds},
                  {"unmap_calls_per_1000_frees", "unmaps/1k frees", Format::fixed1},
                  {"unmap_calls_source", "counted by"},
                  {"returns_memory", "returns memory"}});
@@ -102,14 +107,16 @@ void run(const ChurnOptions& options) {
                     optional_cell(result.vs_mmap), optional_cell(result.vs_glibc_128k),
                     static_cast<std::int64_t>(result.peak_rss_bytes),
                     static_cast<std::int64_t>(result.peak_rss_growth_bytes), result.faults_per_op,
+                    result.cpu_us_per_op * 1000,
                     optional_cell(result.unmap_calls_per_1000_frees),
                     result.unmap_calls_source.empty() ? Cell{} : Cell{result.unmap_calls_source},
                     std::string(peer_returns_memory(result.peer) ? "yes" : "no (keeps it)")});
   }
 
   std::vector<std::string> notes = {
-      "One op = take a buffer of 64 KiB - 1 MiB (uniform), write one byte per page, give it back; "
-      "ops/s are totals over all threads.",
+      strprintf("One op = take a buffer of %zu KiB - %zu KiB (uniform), write one byte per page, "
+                "give it back; ops/s are totals over all threads.",
+                plan.min_bytes / 1024, plan.max_bytes / 1024),
       strprintf("Each run is its own process; medians of %u repeat(s) of %g s, interleaved; "
                 "x columns are medians of per-repeat ratios at the same thread count.",
                 plan.repeats, plan.seconds),
@@ -117,6 +124,9 @@ void run(const ChurnOptions& options) {
                 "(%s here), then one purge decommits them, one call per run of adjacent buffers.",
                 format_cell(static_cast<std::int64_t>(lazy_max_bytes), Format::bytes).c_str()),
       "peak RSS = VmHWM over the loop (reset at its start); RSS growth = peak - resident at the start.",
+      "CPU/op = user + system time of the run's process per op: less sensitive than ops/s to other "
+      "work on the machine, but blind to time lost waiting and to TLB-shootdown interrupts that "
+      "land on other processes.",
       "unmaps/1k frees: calls that give pages back. counted = by the benchmark (vmalloc: decommit "
       "calls, mmap: munmap); strace = munmap + madvise in a separate short run under strace -f -c.",
       strprintf("Machine: %u cores, Linux %s. Other work on the machine moves absolute rates; "
@@ -127,7 +137,8 @@ void run(const ChurnOptions& options) {
   emit(report, options.output, notes);
 
   if (!options.output.plot.empty()) {
-    PlotSpec spec{.title = "Large-buffer churn (64 KiB - 1 MiB, every page touched)",
+    PlotSpec spec{.title = strprintf("Large-buffer churn (%zu KiB - %zu KiB, every page touched)",
+                                     plan.min_bytes / 1024, plan.max_bytes / 1024),
                   .x_label = "threads",
                   .y_label = "buffers per second (all threads)",
                   .log_x = false,
@@ -170,6 +181,22 @@ void register_bench_churn(CLI::App& bench) {
       ->default_str("1,2,4")
       ->type_name("LIST");
   add_seconds_option(*sub, "--seconds", plan.seconds, "Duration of each run", 600);
+  sub->add_option_function<std::string>(
+         "--min-kib",
+         [&plan](const std::string& text) {
+           plan.min_bytes = 1024 * parse_count("--min-kib", text, 4, 1024 * 1024);
+         },
+         "Smallest buffer, KiB")
+      ->default_str("64")
+      ->type_name("N");
+  sub->add_option_function<std::string>(
+         "--max-kib",
+         [&plan](const std::string& text) {
+           plan.max_bytes = 1024 * parse_count("--max-kib", text, 4, 1024 * 1024);
+         },
+         "Largest buffer, KiB")
+      ->default_str("1024")
+      ->type_name("N");
   sub->add_option_function<std::string>(
          "--repeats",
          [&plan](const std::string& text) {

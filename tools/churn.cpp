@@ -75,10 +75,17 @@ void reset_peak_rss() {
   if (!clear_refs) throw std::runtime_error("cannot reset the resident peak (/proc/self/clear_refs)");
 }
 
-std::uint64_t minor_faults() {
+// Page faults and CPU time (user + system) of the whole process so far.
+struct Usage {
+  std::uint64_t minor_faults;
+  double cpu_seconds;
+};
+
+Usage usage_so_far() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  return static_cast<std::uint64_t>(usage.ru_minflt);
+  auto seconds = [](const timeval& time) { return static_cast<double>(time.tv_sec) + 1e-6 * static_cast<double>(time.tv_usec); };
+  return {static_cast<std::uint64_t>(usage.ru_minflt), seconds(usage.ru_utime) + seconds(usage.ru_stime)};
 }
 
 // The buffer interface every peer offers the loop.
@@ -97,7 +104,7 @@ void touch_every_page(void* buffer, std::size_t size) {
 
 }  // namespace
 
-ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, double seconds, std::size_t lazy_max_pages) {
+ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, const ChurnPlan& plan) {
   std::unique_ptr<Vmalloc> vm;
   std::atomic<std::uint64_t> munmaps{0};
   Buffers buffers;
@@ -105,7 +112,7 @@ ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, double seconds, std::
     case ChurnPeer::vmalloc:
     case ChurnPeer::vmalloc_populate: {
       VmallocOptions options;
-      options.lazy_max_pages = lazy_max_pages;
+      options.lazy_max_pages = plan.lazy_max_pages;
       auto created = Vmalloc::create(options);
       if (!created) throw std::runtime_error("Vmalloc::create: " + created.error().message());
       vm = std::move(*created);
@@ -154,7 +161,7 @@ ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, double seconds, std::
   for (unsigned t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
       std::mt19937_64 random(0x5eed + t);
-      std::uniform_int_distribution<std::size_t> sizes(kChurnMinBytes, kChurnMaxBytes);
+      std::uniform_int_distribution<std::size_t> sizes(plan.min_bytes, plan.max_bytes);
       while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
       std::uint64_t done = 0;
       while (!stop.load(std::memory_order_relaxed)) {
@@ -174,13 +181,14 @@ ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, double seconds, std::
 
   reset_peak_rss();
   const std::uint64_t start_rss = status_bytes("VmRSS:");
-  const std::uint64_t faults_before = minor_faults();
+  const Usage usage_before = usage_so_far();
   const auto start = std::chrono::steady_clock::now();
   go.store(true, std::memory_order_release);
-  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  std::this_thread::sleep_for(std::chrono::duration<double>(plan.seconds));
   stop.store(true, std::memory_order_relaxed);
   for (std::thread& worker : workers) worker.join();
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const Usage usage_after = usage_so_far();
   if (failed.load()) throw std::runtime_error(std::string(peer_name(peer)) + ": an allocation failed");
 
   ChurnRun run{.peer = peer,
@@ -189,7 +197,8 @@ ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, double seconds, std::
                .seconds = elapsed,
                .start_rss_bytes = start_rss,
                .peak_rss_bytes = status_bytes("VmHWM:"),
-               .minor_faults = minor_faults() - faults_before,
+               .minor_faults = usage_after.minor_faults - usage_before.minor_faults,
+               .cpu_seconds = usage_after.cpu_seconds - usage_before.cpu_seconds,
                .unmap_calls = std::nullopt,
                .lazy_max_bytes = 0};
   for (const std::uint64_t count : ops) run.ops += count;
@@ -236,6 +245,7 @@ nlohmann::json to_json(const ChurnRun& run) {
                          {"start_rss_bytes", run.start_rss_bytes},
                          {"peak_rss_bytes", run.peak_rss_bytes},
                          {"minor_faults", run.minor_faults},
+                         {"cpu_seconds", run.cpu_seconds},
                          {"lazy_max_bytes", run.lazy_max_bytes}};
   json["unmap_calls"] = run.unmap_calls ? nlohmann::json(*run.unmap_calls) : nlohmann::json(nullptr);
   return json;
@@ -251,6 +261,7 @@ ChurnRun churn_run_from_json(const nlohmann::json& json) {
                .start_rss_bytes = json.at("start_rss_bytes").get<std::uint64_t>(),
                .peak_rss_bytes = json.at("peak_rss_bytes").get<std::uint64_t>(),
                .minor_faults = json.at("minor_faults").get<std::uint64_t>(),
+               .cpu_seconds = json.at("cpu_seconds").get<double>(),
                .unmap_calls = std::nullopt,
                .lazy_max_bytes = json.at("lazy_max_bytes").get<std::uint64_t>()};
   if (!json.at("unmap_calls").is_null()) run.unmap_calls = json.at("unmap_calls").get<std::uint64_t>();
@@ -323,7 +334,7 @@ std::string run_capturing(const std::vector<std::string>& argv, const std::vecto
 // The arguments that make this tool run one child measurement
 // (bench_churn.cpp parses them).
 std::vector<std::string> child_arguments(const std::string& exe, ChurnPeer peer, unsigned threads,
-                                         double seconds, std::size_t lazy_max_pages) {
+                                         const ChurnPlan& plan, double seconds) {
   return {exe,
           "bench",
           "churn",
@@ -332,7 +343,11 @@ std::vector<std::string> child_arguments(const std::string& exe, ChurnPeer peer,
           "--seconds",
           strprintf("%.17g", seconds),
           "--lazy-max-pages",
-          strprintf("%zu", lazy_max_pages)};
+          strprintf("%zu", plan.lazy_max_pages),
+          "--min-kib",
+          strprintf("%zu", plan.min_bytes / 1024),
+          "--max-kib",
+          strprintf("%zu", plan.max_bytes / 1024)};
 }
 
 std::vector<std::string> child_environment(ChurnPeer peer) {
@@ -346,10 +361,9 @@ ChurnRun parse_child_output(const std::string& output) {
   return churn_run_from_json(nlohmann::json::parse(output.substr(output.rfind('\n', last_line) + 1)));
 }
 
-ChurnRun spawn_run(const std::string& exe, ChurnPeer peer, unsigned threads, double seconds,
-                   std::size_t lazy_max_pages) {
+ChurnRun spawn_run(const std::string& exe, ChurnPeer peer, unsigned threads, const ChurnPlan& plan) {
   return parse_child_output(
-      run_capturing(child_arguments(exe, peer, threads, seconds, lazy_max_pages), child_environment(peer)));
+      run_capturing(child_arguments(exe, peer, threads, plan, plan.seconds), child_environment(peer)));
 }
 
 // strace's `-c` summary: the "calls" column of the munmap and madvise rows.
@@ -378,7 +392,7 @@ bool strace_installed() {
 // One short run under `strace -f -c`: unmap calls per 1000 frees. strace
 // slows every system call down, so the rate of this run is not reported.
 double strace_unmap_calls_per_1000(const std::string& exe, ChurnPeer peer, unsigned threads,
-                                   double seconds, std::size_t lazy_max_pages) {
+                                   const ChurnPlan& plan, double seconds) {
   char summary_path[] = "/tmp/uvmalloc-churn-strace-XXXXXX";
   const int fd = ::mkstemp(summary_path);
   if (fd < 0) throw std::runtime_error("mkstemp: " + std::string(std::strerror(errno)));
@@ -389,7 +403,7 @@ double strace_unmap_calls_per_1000(const std::string& exe, ChurnPeer peer, unsig
     argv.push_back("-E");
     argv.push_back(env);
   }
-  const auto child = child_arguments(exe, peer, threads, seconds, lazy_max_pages);
+  const auto child = child_arguments(exe, peer, threads, plan, seconds);
   argv.insert(argv.end(), child.begin(), child.end());
   ChurnRun run{};
   std::uint64_t calls = 0;
@@ -429,7 +443,7 @@ std::vector<ChurnResult> run_churn(const ChurnPlan& plan, const std::string& lab
         progress.update(step++, total_steps,
                         strprintf("%s, %u thread(s), repeat %u", std::string(peer_name(plan.peers[p])).c_str(),
                                   plan.threads[t], repeat + 1));
-        runs[{p, t}].push_back(spawn_run(exe, plan.peers[p], plan.threads[t], plan.seconds, plan.lazy_max_pages));
+        runs[{p, t}].push_back(spawn_run(exe, plan.peers[p], plan.threads[t], plan));
       }
     }
   }
@@ -455,6 +469,7 @@ std::vector<ChurnResult> run_churn(const ChurnPlan& plan, const std::string& lab
       };
       std::vector<double> rates;
       std::vector<double> faults;
+      std::vector<double> cpu_us;
       std::vector<double> unmaps;
       ChurnResult result{.peer = plan.peers[p],
                          .threads = plan.threads[t],
@@ -464,12 +479,15 @@ std::vector<ChurnResult> run_churn(const ChurnPlan& plan, const std::string& lab
                          .peak_rss_bytes = 0,
                          .peak_rss_growth_bytes = 0,
                          .faults_per_op = 0,
+                         .cpu_us_per_op = 0,
                          .unmap_calls_per_1000_frees = std::nullopt,
                          .unmap_calls_source = "",
                          .lazy_max_bytes = mine.front().lazy_max_bytes};
       for (const ChurnRun& run : mine) {
         rates.push_back(ops_per_sec(run));
-        faults.push_back(run.ops == 0 ? 0.0 : static_cast<double>(run.minor_faults) / static_cast<double>(run.ops));
+        const double ops = static_cast<double>(std::max<std::uint64_t>(run.ops, 1));
+        faults.push_back(static_cast<double>(run.minor_faults) / ops);
+        cpu_us.push_back(1e6 * run.cpu_seconds / ops);
         if (run.unmap_calls && run.ops > 0) {
           unmaps.push_back(1000.0 * static_cast<double>(*run.unmap_calls) / static_cast<double>(run.ops));
         }
@@ -479,6 +497,7 @@ std::vector<ChurnResult> run_churn(const ChurnPlan& plan, const std::string& lab
       }
       result.ops_per_sec = median(rates);
       result.faults_per_op = median(faults);
+      result.cpu_us_per_op = median(cpu_us);
       if (!unmaps.empty()) {
         result.unmap_calls_per_1000_frees = median(unmaps);
         result.unmap_calls_source = "counted";
@@ -486,8 +505,8 @@ std::vector<ChurnResult> run_churn(const ChurnPlan& plan, const std::string& lab
         progress.update(step++, total_steps,
                         strprintf("%s, %u thread(s), under strace", std::string(peer_name(plan.peers[p])).c_str(),
                                   plan.threads[t]));
-        result.unmap_calls_per_1000_frees = strace_unmap_calls_per_1000(
-            exe, plan.peers[p], plan.threads[t], strace_seconds, plan.lazy_max_pages);
+        result.unmap_calls_per_1000_frees =
+            strace_unmap_calls_per_1000(exe, plan.peers[p], plan.threads[t], plan, strace_seconds);
         result.unmap_calls_source = "strace";
       }
       results.push_back(std::move(result));

@@ -1,8 +1,9 @@
 // tools/churn.hpp - large-buffer churn through Vmalloc against its peers, the
 // measurement behind `uvmalloc bench churn` (issue 4, DESIGN 4).
 //
-// Each of T threads loops: take a buffer of a random size in [64 KiB, 1 MiB],
-// write one byte to every page, give the buffer back. The peers:
+// Each of T threads loops: take a buffer of a random size in [64 KiB, 1 MiB]
+// (or the range asked for), write one byte to every page, give the buffer
+// back. The peers:
 //
 //   vmalloc           Vmalloc::vmalloc / vfree: lazy, one decommit per merged run
 //   vmalloc_populate  the same with VmallocFlags::populate (pre-faulted)
@@ -42,8 +43,6 @@ inline constexpr ChurnPeer kAllChurnPeers[] = {ChurnPeer::vmalloc, ChurnPeer::vm
                                                ChurnPeer::mmap,    ChurnPeer::glibc_128k,
                                                ChurnPeer::glibc,   ChurnPeer::jemalloc};
 
-inline constexpr std::size_t kChurnMinBytes = 64 * 1024;
-inline constexpr std::size_t kChurnMaxBytes = 1024 * 1024;
 
 [[nodiscard]] std::string_view peer_name(ChurnPeer peer) noexcept;
 [[nodiscard]] std::optional<ChurnPeer> peer_from_name(std::string_view name) noexcept;
@@ -56,6 +55,8 @@ inline constexpr std::size_t kChurnMaxBytes = 1024 * 1024;
 struct ChurnPlan {
   std::vector<ChurnPeer> peers;
   std::vector<unsigned> threads = {1, 2, 4};
+  std::size_t min_bytes = 64 * 1024;    // buffer sizes, uniform in [min_bytes, max_bytes]
+  std::size_t max_bytes = 1024 * 1024;
   double seconds = 1;             // per run
   unsigned repeats = 3;
   std::size_t lazy_max_pages = 0;  // for the vmalloc peers; 0: the kernel's formula
@@ -71,6 +72,7 @@ struct ChurnRun {
   std::uint64_t start_rss_bytes;  // resident memory when the loop started
   std::uint64_t peak_rss_bytes;   // VmHWM over the loop (reset at its start)
   std::uint64_t minor_faults;     // page faults over the loop, all threads
+  double cpu_seconds;             // user + system time over the loop, all threads
   std::optional<std::uint64_t> unmap_calls;  // counted by us (vmalloc, mmap)
   std::uint64_t lazy_max_bytes;              // vmalloc peers: lazy_max_pages in bytes
 };
@@ -80,8 +82,8 @@ struct ChurnRun {
 
 // run_churn_child() - the child's side: one run in this process. Throws
 // std::runtime_error when an allocation fails or the peer cannot run here.
-[[nodiscard]] ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, double seconds,
-                                       std::size_t lazy_max_pages);
+// Uses plan.min_bytes, max_bytes, seconds and lazy_max_pages.
+[[nodiscard]] ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, const ChurnPlan& plan);
 
 // What the report shows for one (peer, threads).
 struct ChurnResult {
@@ -93,6 +95,7 @@ struct ChurnResult {
   std::uint64_t peak_rss_bytes;             // highest over repeats
   std::uint64_t peak_rss_growth_bytes;      // highest (peak - start) over repeats
   double faults_per_op;                     // median over repeats
+  double cpu_us_per_op;                     // median over repeats: CPU time, not wall time
   std::optional<double> unmap_calls_per_1000_frees;
   std::string unmap_calls_source;           // "counted", "strace" or "" (not measured)
   std::uint64_t lazy_max_bytes;             // vmalloc peers, else 0
