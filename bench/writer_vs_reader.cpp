@@ -81,9 +81,14 @@ const char* name_of(InfoMode mode) {
   std::exit(1);
 }
 
-// A seqlock-protected pair in one cache line, published and polled the way a
-// counters-mode writer and reader exchange their figures.
-struct alignas(64) PublishedPair {
+// Isolation unit for data written by one thread and read by another: two
+// cache lines, because the L2 prefetcher also fetches a line's neighbour, so
+// a polled line next to one the writer writes costs transfers as if shared.
+constexpr std::size_t kLinePair = 128;
+
+// A seqlock-protected pair alone in its line pair, published and polled the
+// way a counters-mode writer and reader exchange their figures.
+struct alignas(kLinePair) PublishedPair {
   std::atomic<std::uint64_t> sequence{0};  // odd while the writer changes the pair
   std::atomic<std::uint64_t> used{0};
   std::atomic<std::uint64_t> largest_chunk{0};
@@ -136,9 +141,9 @@ template <class WriterStep, class ReaderStep>
 Rates run_writer(WriterStep&& writer_step, ReaderStep&& reader_step, Companion companion,
                  Seconds duration) {
   const bool with_reader = companion != Companion::none;
-  // Each flag on its own line, so polling them moves no line the writer writes.
-  alignas(64) std::atomic<bool> reading{false};
-  alignas(64) std::atomic<bool> stopped{false};
+  // Each flag in its own line pair, so polling them moves no line the writer writes.
+  alignas(kLinePair) std::atomic<bool> reading{false};
+  alignas(kLinePair) std::atomic<bool> stopped{false};
   double reader_per_second = 0;
   std::thread reader;
   if (with_reader) {
@@ -217,6 +222,32 @@ std::vector<double> kept_on_cpu(const std::vector<Rates>& runs, const std::vecto
                      (base[i].writer_per_second / base[i].writer_on_cpu));
   }
   return ratios;
+}
+
+// The round trip of one cache line between this thread and another,
+// bouncing it 20 000 times: the unit every shared-line cost is made of. On a
+// VM it changes when the host moves the virtual CPUs (measured here: 51 ns
+// and 335 ns on the same VM an hour apart), so each run reports it. Only
+// meaningful when both threads have a CPU; a waiting side yields after a
+// while so an oversubscribed machine still finishes quickly.
+double cache_line_round_trip_ns() {
+  constexpr std::uint64_t kRoundTrips = 20'000;
+  constexpr int kSpinsBeforeYield = 4096;
+  alignas(kLinePair) std::atomic<std::uint64_t> ball{0};
+  // Acquire/release: each side's turn follows the other's, nothing more.
+  const auto play = [&ball](std::uint64_t first_turn) {
+    for (std::uint64_t turn = first_turn; turn < 2 * kRoundTrips; turn += 2) {
+      for (int spins = 0; ball.load(std::memory_order_acquire) != turn; ++spins) {
+        if (spins >= kSpinsBeforeYield) std::this_thread::yield();
+      }
+      ball.store(turn + 1, std::memory_order_release);
+    }
+  };
+  std::thread partner(play, 1);
+  const auto begin = Clock::now();
+  play(0);
+  partner.join();
+  return std::chrono::duration<double, std::nano>(Clock::now() - begin).count() / kRoundTrips;
 }
 
 std::string load_average() {
@@ -340,12 +371,14 @@ int run(const Options& options) {
     after_op();
   };
   PublishedPair polled, unpolled_neighbour;
-  std::uint64_t updates = 0;
-  std::mutex publish_lock;  // uncontended, as the writers' lock is for a lone writer
+  struct alignas(kLinePair) {
+    std::mutex lock;  // uncontended, as the writers' lock is for a lone writer
+    std::uint64_t updates = 0;
+  } publisher;
   const auto publish = [&] {
-    std::lock_guard<std::mutex> hold(publish_lock);
-    ++updates;
-    polled.publish(updates, updates);
+    std::lock_guard<std::mutex> hold(publisher.lock);
+    ++publisher.updates;
+    polled.publish(publisher.updates, publisher.updates);
   };
   const auto poll = [&polled] { static_cast<void>(polled.read()); };
   const auto poll_neighbour = [&unpolled_neighbour] {
@@ -353,9 +386,10 @@ int run(const Options& options) {
   };
 
   std::printf("# writer vs reader: %zu live areas, %.2f s per run, %d rounds of A B C, %u CPUs, "
-              "load average before: %s\n",
+              "load average before: %s, cache-line round trip before: %.0f ns\n",
               options.areas, options.seconds, options.repeats,
-              std::thread::hardware_concurrency(), load_average().c_str());
+              std::thread::hardware_concurrency(), load_average().c_str(),
+              cache_line_round_trip_ns());
   if (options.raw) {
     std::printf("round,configuration,companion,writer_per_second,reader_per_second,"
                 "writer_on_cpu\n");
@@ -417,7 +451,8 @@ int run(const Options& options) {
   if (with_floor) {
     print_floor(by_mode.at(InfoMode::counters), publish_under_lock, pair_and_publishes);
   }
-  std::printf("load average after: %s\n", load_average().c_str());
+  std::printf("load average after: %s, cache-line round trip after: %.0f ns\n",
+              load_average().c_str(), cache_line_round_trip_ns());
   return 0;
 }
 
