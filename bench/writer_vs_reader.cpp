@@ -224,30 +224,41 @@ std::vector<double> kept_on_cpu(const std::vector<Rates>& runs, const std::vecto
   return ratios;
 }
 
-// The round trip of one cache line between this thread and another,
-// bouncing it 20 000 times: the unit every shared-line cost is made of. On a
-// VM it changes when the host moves the virtual CPUs (measured here: 51 ns
-// and 335 ns on the same VM an hour apart), so each run reports it. Only
-// meaningful when both threads have a CPU; a waiting side yields after a
-// while so an oversubscribed machine still finishes quickly.
+// The round trip of one cache line between this thread and another: the
+// unit every shared-line cost is made of. On a VM it changes when the host
+// moves the virtual CPUs (measured here: 51 ns and 335 ns on the same VM an
+// hour apart), so each run reports it: the median of 21 bursts of 5 000
+// round trips, so a burst stalled by preemption or real-time throttling does
+// not count. A waiting side yields after a while, so an oversubscribed
+// machine still finishes quickly (and reports a meaningless figure).
 double cache_line_round_trip_ns() {
-  constexpr std::uint64_t kRoundTrips = 20'000;
+  constexpr std::uint64_t kRoundTrips = 5'000;
+  constexpr int kBursts = 21;
   constexpr int kSpinsBeforeYield = 4096;
-  alignas(kLinePair) std::atomic<std::uint64_t> ball{0};
-  // Acquire/release: each side's turn follows the other's, nothing more.
-  const auto play = [&ball](std::uint64_t first_turn) {
-    for (std::uint64_t turn = first_turn; turn < 2 * kRoundTrips; turn += 2) {
-      for (int spins = 0; ball.load(std::memory_order_acquire) != turn; ++spins) {
-        if (spins >= kSpinsBeforeYield) std::this_thread::yield();
+  std::vector<double> bursts;
+  for (int burst = 0; burst < kBursts; ++burst) {
+    alignas(kLinePair) std::atomic<std::uint64_t> ball{0};
+    // Acquire/release: each side's turn follows the other's, nothing more.
+    const auto play = [&ball](std::uint64_t first_turn) {
+      for (std::uint64_t turn = first_turn; turn < 2 * kRoundTrips; turn += 2) {
+        for (int spins = 0; ball.load(std::memory_order_acquire) != turn; ++spins) {
+          if (spins >= kSpinsBeforeYield) std::this_thread::yield();
+        }
+        ball.store(turn + 1, std::memory_order_release);
       }
-      ball.store(turn + 1, std::memory_order_release);
-    }
-  };
-  std::thread partner(play, 1);
-  const auto begin = Clock::now();
-  play(0);
-  partner.join();
-  return std::chrono::duration<double, std::nano>(Clock::now() - begin).count() / kRoundTrips;
+    };
+    std::thread partner(play, 1);
+    // Timed from the first return of the ball, so thread start-up is left out.
+    ball.store(1, std::memory_order_release);
+    while (ball.load(std::memory_order_acquire) != 2) std::this_thread::yield();
+    const auto begin = Clock::now();
+    play(2);
+    const auto end = Clock::now();
+    partner.join();
+    bursts.push_back(std::chrono::duration<double, std::nano>(end - begin).count() /
+                     (kRoundTrips - 1));
+  }
+  return median(bursts);
 }
 
 std::string load_average() {
