@@ -61,7 +61,7 @@ constexpr bool kSanitized = false;
   return IsError(result.error(), specific, generic);
 }
 
-[[nodiscard]] std::string describe(const VmallocStats& stats) {
+[[nodiscard]] std::string describe_stats(const VmallocStats& stats) {
   std::ostringstream out;
   out << "areas_live " << stats.areas_live << ", bytes_live " << stats.bytes_live << ", purges "
       << stats.purges << ", unmap_calls " << stats.unmap_calls << ", unmapped_bytes "
@@ -70,9 +70,16 @@ constexpr bool kSanitized = false;
   return out.str();
 }
 
-// Everything a caller can observe of a Vmalloc: its stats and its space.
+// What a caller can observe of a Vmalloc's memory: its stats, and its
+// space's figures in every mode, meminfo, vmallocinfo, area list and
+// self-check. Not the space's event counters: a rolled-back vmalloc did
+// allocate and free an area, and VaSpace::stats() rightly counts both.
 [[nodiscard]] std::string snapshot(const Vmalloc& vm) {
-  return describe(vm.stats()) + "\n" + testing::snapshot(vm.space());
+  const VaSpace& space = vm.space();
+  std::string text = describe_stats(vm.stats()) + "\n";
+  for (const InfoMode mode : kAllInfoModes) text += std::string(name(mode)) + " " + describe(space.info(mode)) + "\n";
+  text += space.meminfo() + space.vmallocinfo() + "areas:\n" + describe(list_areas(space));
+  return text + "invariants: '" + space.check_invariants() + "'\n";
 }
 
 // The process's resident memory, in bytes.
