@@ -10,6 +10,10 @@
 // difference prints what differed and aborts, which libFuzzer records as a
 // crash with the input that caused it.
 //
+// UVMALLOC_FUZZ_TRACE=1 prints every operation and its result, which turns a
+// crash input into a readable reproducer:
+//   UVMALLOC_FUZZ_TRACE=1 build-fuzz/fuzz/va_space_fuzz build-fuzz/fuzz-artifacts/crash-...
+//
 // The decoder never fails: every byte string is a valid program, and short
 // inputs are short programs. The first bytes choose the space (small spaces
 // and small page sizes make collisions, full spaces and purges likely).
@@ -53,6 +57,12 @@ constexpr int kMaxOperations = 400;
   std::fprintf(stderr, "va_space_fuzz: MISMATCH in %.*s: %s\n", static_cast<int>(what.size()),
                what.data(), detail.c_str());
   std::abort();
+}
+
+const bool g_trace = std::getenv("UVMALLOC_FUZZ_TRACE") != nullptr;
+
+void trace(const std::string& call, const std::string& result) {
+  if (g_trace) std::fprintf(stderr, "%s -> %s\n", call.c_str(), result.c_str());
 }
 
 std::string hex(std::uintptr_t value) {
@@ -205,6 +215,7 @@ class Harness {
         (!got && got.error() != make_error_code(want.error())))
       mismatch(call, "space gave " + (got ? hex(*got) : describe(got.error())) +
                          ", model " + (want ? hex(*want) : describe(make_error_code(want.error()))));
+    trace(call, got ? hex(*got) : describe(got.error()));
     if (!got) check_error_kind(call, got.error());
     check_purges(call);
   }
@@ -215,6 +226,7 @@ class Harness {
     const std::error_code want_code = want ? make_error_code(*want) : std::error_code{};
     const std::string call = std::string(lazy ? "free_lazy(" : "free(") + hex(start) + ")";
     if (got != want_code) mismatch(call, "space gave " + describe(got) + ", model " + describe(want_code));
+    trace(call, describe(got));
     if (got) check_error_kind(call, got);
     check_purges(call);
   }
@@ -222,6 +234,7 @@ class Harness {
   void purge() {
     space_->purge();
     model_.purge();
+    trace("purge()", std::to_string(purge_log.calls.size()) + " on_purge call(s)");
     check_purges("purge()");
   }
 
@@ -333,6 +346,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   options.on_purge = on_purge;
 
   auto created = VaSpace::create(options);
+  trace("create(page_size " + hex(options.page_size) + ", [" + hex(options.start) + ", " +
+            hex(options.end) + "), lazy_max_pages " + std::to_string(options.lazy_max_pages) + ")",
+        created ? "lazy limit " + std::to_string((*created)->lazy_max_pages()) + " pages"
+                : describe(created.error()));
   if (created.has_value() != options_valid(options))
     mismatch("create(page_size " + hex(options.page_size) + ", [" + hex(options.start) + ", " +
                  hex(options.end) + "))",
