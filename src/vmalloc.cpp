@@ -201,10 +201,12 @@ void Vmalloc::Impl::give_back(std::span<const Area> runs) {
       unmapped_bytes.fetch_add(size_of(run), std::memory_order_relaxed);
       continue;
     }
-    // on_purge returns void and VaSpace frees the run when it returns, so
-    // the run cannot stay allocated from here. A VaSpace hook that let
-    // on_purge hand back the runs it could not release (to stay lazily
-    // freed until the next purge) would make the quarantine unnecessary.
+    // VaSpace frees the run when on_purge returns. It would keep the whole
+    // batch lazily freed if on_purge threw, but then every later purge would
+    // retry the batch's runs that were decommitted too, and the exception
+    // would leave through whichever vfree or vmalloc started the purge. A
+    // hook that let on_purge return just the runs it could not release (to
+    // stay lazily freed) would make the quarantine unnecessary.
     decommit_failures.fetch_add(1, std::memory_order_relaxed);
     os::discard(as_pointer(run.start), size_of(run));
     quarantine(run);
