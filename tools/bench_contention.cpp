@@ -135,15 +135,12 @@ void register_bench_contention(CLI::App& bench) {
          "Repeats per cell; medians are reported")
       ->default_str("3")
       ->type_name("N");
-  sub->add_option("--read", plan.call, "What readers call: info (the figures) or meminfo (the text)")
-      ->transform(CLI::CheckedTransformer(
-          std::map<std::string, ReaderCall>{{"info", ReaderCall::info},
-                                            {"meminfo", ReaderCall::meminfo}}))
-      ->default_str("info");
-  sub->add_option("--free", plan.free, "How writers free: now (free) or lazy (free_lazy + purges)")
-      ->transform(CLI::CheckedTransformer(
-          std::map<std::string, WriterFree>{{"now", WriterFree::now}, {"lazy", WriterFree::lazy}}))
-      ->default_str("now");
+  add_choice_option(*sub, "--read", plan.call,
+                    {{"info", ReaderCall::info}, {"meminfo", ReaderCall::meminfo}},
+                    "What readers call: info(mode), or meminfo() on a space in that mode");
+  add_choice_option(*sub, "--free", plan.free,
+                    {{"now", WriterFree::now}, {"lazy", WriterFree::lazy}},
+                    "How writers free: free() now, or free_lazy() with purges as they fall due");
   add_output_options(*sub, options->output, /*with_plot=*/true);
   sub->callback([options] { run(*options); });
 }

@@ -351,8 +351,17 @@ void check_plot_path(std::string_view option, const std::string& path) {
 std::string gnuplot_quote(std::string_view text) {
   std::string quoted = "\"";
   for (const char c : text) {
-    if (c == '"' || c == '\\') quoted += '\\';
-    quoted += c;
+    switch (c) {
+      case '"': quoted += "\\\""; break;
+      case '\n': quoted += "\\n"; break;
+      // Enhanced-text markup: a doubled backslash in a double-quoted string
+      // prints the character as is.
+      case '\\': case '_': case '^': case '@': case '&': case '~': case '{': case '}':
+        quoted += "\\\\";
+        quoted += c;
+        break;
+      default: quoted += c;
+    }
   }
   return quoted + '"';
 }
@@ -369,7 +378,10 @@ void run_gnuplot(const std::filesystem::path& path, std::string_view script, int
   // gnuplot reads the script from stdin; its messages go to our stderr.
   FILE* pipe = popen("gnuplot", "w");
   if (pipe == nullptr) throw std::runtime_error("cannot start gnuplot (install gnuplot-nox)");
-  const std::string header = terminal + "set output " + gnuplot_quote(path.string()) + "\n";
+  // A single-quoted gnuplot string is taken literally; only ' is doubled.
+  std::string output = "'";
+  for (const char c : path.string()) output += c == '\'' ? std::string("''") : std::string(1, c);
+  const std::string header = terminal + "set output " + output + "'\n";
   std::fwrite(header.data(), 1, header.size(), pipe);
   std::fwrite(script.data(), 1, script.size(), pipe);
   std::fputs("\nset output\n", pipe);

@@ -12,6 +12,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <iosfwd>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -54,6 +56,35 @@ inline constexpr int kExitFailure = 1;  // the run itself failed
 // add_seconds_option() - a positive duration in seconds, at most `max`.
 CLI::Option* add_seconds_option(CLI::App& app, std::string name, double& seconds,
                                 std::string description, double max = 3600);
+
+// add_choice_option() - an option taking one of a few names, e.g.
+// `--free now|lazy`; anything else is a one-line error listing the names.
+template <typename T>
+CLI::Option* add_choice_option(CLI::App& app, const std::string& name, T& value,
+                               std::vector<std::pair<std::string, T>> choices,
+                               const std::string& description) {
+  std::string names;
+  std::string current;
+  for (const auto& [choice, choice_value] : choices) {
+    names += (names.empty() ? "" : "|") + choice;
+    if (choice_value == value) current = choice;
+  }
+  return app
+      .add_option_function<std::string>(
+          name,
+          [&value, name, names, choices = std::move(choices)](const std::string& text) {
+            for (const auto& [choice, choice_value] : choices) {
+              if (choice == text) {
+                value = choice_value;
+                return;
+              }
+            }
+            throw CLI::ValidationError(name, "'" + text + "' is not one of " + names);
+          },
+          description)
+      ->default_str(current)
+      ->type_name(names);
+}
 
 /*** Results ***/
 
@@ -139,7 +170,9 @@ struct PlotSpec {
 // a bad name fails before a long run.
 void check_plot_path(std::string_view option, const std::string& path);
 
-// gnuplot_quote() - `text` as a double-quoted gnuplot string.
+// gnuplot_quote() - `text` as a double-quoted gnuplot string that prints
+// exactly `text` on our (enhanced-text) terminals: markup characters such as
+// '_' are escaped, so "rcu_walk" does not turn into a subscript.
 [[nodiscard]] std::string gnuplot_quote(std::string_view text);
 
 // run_gnuplot() - sets the terminal and output for `path` (by extension),
@@ -169,6 +202,26 @@ class Progress {
  private:
   std::string label_;
   bool enabled_;
+};
+
+/*** Threads ***/
+
+// FirstFailure - the first error any benchmark thread meets, rethrown on
+// the main thread after the join (threads record it and stop).
+class FirstFailure {
+ public:
+  void record(std::string what) {
+    std::lock_guard lock(mutex_);
+    if (what_.empty()) what_ = std::move(what);
+  }
+  void throw_if_any() {
+    std::lock_guard lock(mutex_);
+    if (!what_.empty()) throw std::runtime_error(what_);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::string what_;  // guarded by mutex_
 };
 
 /*** Statistics ***/

@@ -5,7 +5,6 @@
 #include <chrono>
 #include <latch>
 #include <map>
-#include <mutex>
 #include <stdexcept>
 #include <thread>
 
@@ -32,23 +31,6 @@ struct alignas(64) OpCount {
 struct Sample {
   double writer_ops_per_sec;
   double reader_ops_per_sec;
-};
-
-// Collects the first error any thread meets; the run stops at once.
-class FirstFailure {
- public:
-  void record(std::string what) {
-    std::lock_guard lock(mutex_);
-    if (what_.empty()) what_ = std::move(what);
-  }
-  void throw_if_any() {
-    std::lock_guard lock(mutex_);
-    if (!what_.empty()) throw std::runtime_error(what_);
-  }
-
- private:
-  std::mutex mutex_;
-  std::string what_;  // guarded by mutex_
 };
 
 Sample run_once(VaSpace& space, InfoMode mode, unsigned writers, unsigned readers,

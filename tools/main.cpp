@@ -37,13 +37,33 @@ namespace {
 // so a one-line error can say where it happened.
 std::string command_path(const CLI::App& app) {
   std::string path = app.get_name();
-  const CLI::App* current = &app;
-  while (true) {
-    const auto selected = current->get_subcommands();
-    if (selected.empty()) return path;
-    current = selected.front();
+  for (const CLI::App* current = &app; !current->get_subcommands().empty();) {
+    current = current->get_subcommands().front();
     path += ' ' + current->get_name();
   }
+  return path;
+}
+
+// What the command at the end of `path` accepts, for the error line.
+std::string allowed_here(const CLI::App& command) {
+  std::string allowed;
+  const auto subcommands = command.get_subcommands([](const CLI::App*) { return true; });
+  if (!subcommands.empty()) {
+    allowed = "commands:";
+    for (const CLI::App* subcommand : subcommands) allowed += ' ' + subcommand->get_name();
+    return allowed;
+  }
+  allowed = "options:";
+  for (const CLI::Option* option : command.get_options()) {
+    if (option->get_name() != "--help") allowed += ' ' + option->get_name();
+  }
+  return allowed;
+}
+
+const CLI::App& deepest_command(const CLI::App& app) {
+  const CLI::App* current = &app;
+  while (!current->get_subcommands().empty()) current = current->get_subcommands().front();
+  return *current;
 }
 
 void register_all([[maybe_unused]] CLI::App& app, [[maybe_unused]] CLI::App& bench) {
@@ -90,8 +110,19 @@ int main(int argc, char** argv) {
     if (error.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) {
       return app.exit(error);  // --help
     }
-    std::fprintf(stderr, "%s: %s\n", command_path(app).c_str(),
-                 uvmalloc::tool::one_line(error.what()).c_str());
+    // CLI11 says what was wrong; for an unknown word or a missing command,
+    // also say what this command accepts.
+    std::string message = uvmalloc::tool::one_line(error.what());
+    const CLI::App& command = deepest_command(app);
+    if (dynamic_cast<const CLI::RequiredError*>(&error) != nullptr) {
+      // `uvmalloc nope`: CLI11 leaves the unknown word unparsed.
+      const auto unparsed = command.remaining();
+      if (!unparsed.empty()) message = "unknown command '" + unparsed.front() + "'";
+      message += "; " + allowed_here(command);
+    } else if (dynamic_cast<const CLI::ExtrasError*>(&error) != nullptr) {
+      message += "; " + allowed_here(command);
+    }
+    std::fprintf(stderr, "%s: %s\n", command_path(app).c_str(), message.c_str());
     return uvmalloc::tool::kExitUsage;
   } catch (const std::exception& error) {
     std::fprintf(stderr, "%s: error: %s\n", command_path(app).c_str(),
