@@ -139,7 +139,6 @@ TEST(VaSpaceCreate, AcceptsSmallPowerOfTwoPageSizes) {
 
 TEST_F(VaSpaceTest, AllocRoundsSizeUpToWholePages) {
   make(16);
-  fill(0, 0);
   EXPECT_TRUE(AllocatedAt(space_->alloc(1, 1), at(0)));
   EXPECT_TRUE(AllocatedAt(space_->alloc(kPage, 1), at(1)));
   EXPECT_TRUE(AllocatedAt(space_->alloc(kPage + 1, 1), at(2)));
@@ -846,6 +845,48 @@ TEST_F(VaSpaceTest, ThreadsCallInWithoutRegisteringAndLeaveNothingBehind) {
   }
   space_->purge();
   EXPECT_EQ(space_->info(InfoMode::rcu_walk), expected);
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceTest, WritersProgressWhileAReaderIsStalledMidWalk) {
+  // A reader parked inside for_each_area holds its RCU read-side section for
+  // as long as it likes. Writers must neither wait for it nor reuse a node it
+  // may still step on: when it resumes, its walk goes on over the areas as
+  // they were, in order.
+  make(4096);
+  fill(0, 64);
+  std::atomic<bool> reader_parked{false}, release_reader{false};
+  std::vector<AreaInfo> seen;
+  std::thread reader([&] {
+    space_->for_each_area([&](const AreaInfo& area) {
+      seen.push_back(area);
+      if (seen.size() != 10) return;
+      reader_parked.store(true, std::memory_order_release);
+      while (!release_reader.load(std::memory_order_acquire)) std::this_thread::sleep_for(1ms);
+    });
+  });
+  while (!reader_parked.load(std::memory_order_acquire)) std::this_thread::yield();
+  auto writes = std::async(std::launch::async, [&] {
+    for (std::size_t i = 0; i < 64; ++i) EXPECT_FALSE(space_->free(at(i)));  // the reader's too
+    for (int round = 0; round < 100; ++round) {
+      std::vector<std::uintptr_t> areas;
+      for (int i = 0; i < 64; ++i) areas.push_back(space_->alloc(kPage, 1).value_or(0));
+      for (std::size_t i = 0; i < areas.size(); ++i)
+        EXPECT_FALSE(i % 2 ? space_->free(areas[i]) : space_->free_lazy(areas[i]));
+      space_->purge();
+    }
+  });
+  if (writes.wait_for(30s) != std::future_status::ready) {
+    std::fprintf(stderr, "FATAL: writers blocked behind a reader parked in for_each_area\n");
+    std::abort();
+  }
+  release_reader.store(true, std::memory_order_release);
+  reader.join();
+  ASSERT_EQ(seen.size(), 64u);
+  for (std::size_t i = 0; i < seen.size(); ++i)
+    EXPECT_TRUE(seen[i].start == at(i) && seen[i].end == at(i + 1) && !seen[i].lazy)
+        << i << ": [" << hex(seen[i].start) << ", " << hex(seen[i].end) << ")";
+  EXPECT_TRUE(list_areas(*space_).empty());
   EXPECT_EQ(space_->check_invariants(), "");
 }
 
