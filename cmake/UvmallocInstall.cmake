@@ -1,7 +1,7 @@
 # Installation and packaging: `cmake --install` lays out headers, the library,
 # a CMake package (find_package(uvmalloc CONFIG)) and a pkg-config file.
 #
-# The library links liburcu-memb PRIVATE, through the imported target
+# The library links liburcu-bp PRIVATE, through the imported target
 # PkgConfig::URCU. A shared libuvmalloc hides it from consumers; a static one
 # (the default) names it in its exported link interface, so the installed
 # config recreates that target with pkg-config and a consumer links nothing by

@@ -3,7 +3,6 @@
 
 #include <pthread.h>
 
-#include <mutex>
 
 #if defined(__SANITIZE_THREAD__)
 #define UVMALLOC_TSAN 1
@@ -39,49 +38,45 @@ void* domain() {
 #endif
 }
 
-// call_rcu's worker threads must be paused across fork() and recreated in
-// the child (liburcu's rcu-api.md). Our callbacks never call malloc/free,
-// which is what makes pthread_atfork safe here.
-void install_fork_handlers() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    pthread_atfork(urcu_memb_call_rcu_before_fork, urcu_memb_call_rcu_after_fork_parent,
-                   urcu_memb_call_rcu_after_fork_child);
-  });
+// Both the reader registry and call_rcu's worker threads need fork handlers
+// (liburcu's README, "Interaction with fork()"). Our callbacks never call
+// malloc/free, which is what makes pthread_atfork safe here.
+void before_fork() {
+  urcu_bp_call_rcu_before_fork();
+  urcu_bp_before_fork();
 }
-
-struct ThreadRegistration {
-  bool registered = false;
-  ~ThreadRegistration() {
-    if (registered) urcu_memb_unregister_thread();
-  }
-};
-thread_local ThreadRegistration registration;
+void after_fork_parent() {
+  urcu_bp_after_fork_parent();
+  urcu_bp_call_rcu_after_fork_parent();
+}
+void after_fork_child() {
+  urcu_bp_after_fork_child();
+  urcu_bp_call_rcu_after_fork_child();
+}
 
 }  // namespace
 
-void ensure_registered() {
-  if (registration.registered) [[likely]]
-    return;
-  install_fork_handlers();
-  urcu_memb_register_thread();
-  registration.registered = true;
+void install_fork_handlers() {
+  // A function-local static: after the first call, one inline acquire load.
+  static const bool installed =
+      pthread_atfork(before_fork, after_fork_parent, after_fork_child) == 0;
+  (void)installed;
 }
 
 ReadGuard::ReadGuard() {
-  ensure_registered();
-  urcu_memb_read_lock();
+  install_fork_handlers();
+  urcu_bp_read_lock();
 }
 
 ReadGuard::~ReadGuard() {
   tsan_release(domain());
-  urcu_memb_read_unlock();
+  urcu_bp_read_unlock();
 }
 
 void call(Head* head, Callback cb, void* object) {
-  ensure_registered();
+  install_fork_handlers();
   tsan_release(object);
-  urcu_memb_call_rcu(head, cb);
+  urcu_bp_call_rcu(head, cb);
 }
 
 void callback_entered(void* object) {
@@ -89,9 +84,6 @@ void callback_entered(void* object) {
   tsan_acquire(object);
 }
 
-void barrier() {
-  ensure_registered();
-  urcu_memb_barrier();
-}
+void barrier() { urcu_bp_barrier(); }
 
 }  // namespace uvmalloc::detail::rcu

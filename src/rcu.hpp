@@ -1,8 +1,14 @@
-// rcu.hpp - the one place uvmalloc talks to liburcu (memb flavour).
+// rcu.hpp - the one place uvmalloc talks to liburcu.
 //
-// Callers of uvmalloc never register threads: the first read-side section or
-// call_rcu() of a thread registers it, and a thread_local guard unregisters it
-// when the thread exits, so short-lived threads leak nothing.
+// We use liburcu's "bulletproof" flavour (urcu-bp): callers never register
+// threads, because liburcu registers a thread at its first read-side section
+// and drops the registration when the thread exits, so short-lived threads
+// leak nothing. It is also the one flavour that survives fork() without exec
+// while other threads are inside read-side sections: its fork handlers prune
+// the registry of threads the child does not have, where the memb flavour's
+// child would wait forever for them in the next grace period. The price is a
+// registration check on each read-side entry, which our read-side sections
+// (whole-list walks) do not notice.
 //
 // ThreadSanitizer cannot see liburcu's grace periods (0.13 is not TSan-aware).
 // When built with TSan, every read-side unlock releases on one domain object
@@ -10,15 +16,16 @@
 // acquires both before reusing the object (DESIGN 3, recipe item 2).
 #pragma once
 
-#include <urcu/urcu-memb.h>
+#include <urcu/urcu-bp.h>
 
 namespace uvmalloc::detail::rcu {
 
 using Head = rcu_head;
 using Callback = void (*)(Head*);
 
-// Registers the calling thread with liburcu once; cheap after the first call.
-void ensure_registered();
+// Installs liburcu's fork handlers (once). Call before installing handlers
+// that must run before them at fork (prepare handlers run last-in first).
+void install_fork_handlers();
 
 // A read-side critical section. Nests. Never blocks writers.
 class ReadGuard {

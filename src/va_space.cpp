@@ -20,11 +20,17 @@
 //     together under the lock after every change, so the pair is exact and
 //     from one instant; retried only while a writer is mid-publish.
 //   stats(): relaxed loads of event counters.
+// fork(): a registry of live spaces lets pthread_atfork handlers take every
+//   space's purge_lock and lock before fork and release them after, in parent
+//   and child, so the child never inherits a lock held by a thread it lacks
+//   (e.g. a reader inside info(locked)). Order: registry, purge_lock, lock.
+//   So a fork from inside on_purge would deadlock: don't.
 // Reclamation: a node unlinked from `list` is retired to the pool and
 //   reused only after a grace period (batched call_rcu, node_pool.hpp). The
 //   destructor waits for the space's outstanding callbacks.
 #include "uvmalloc/va_space.hpp"
 
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -100,12 +106,17 @@ struct VaSpace::Impl {
       : options(o),
         lazy_max(o.lazy_max_pages ? o.lazy_max_pages : default_lazy_max_pages(o.page_size)) {
     publish_locked();
+    register_for_fork(this);
   }
 
   ~Impl() {
+    unregister_for_fork(this);
     // The pool's memory must outlive every callback still queued for it.
     while (pool.callbacks_pending() != 0) detail::rcu::barrier();
   }
+
+  static void register_for_fork(Impl* space);
+  static void unregister_for_fork(Impl* space);
 
   // Publishes the exact figures; lock held.
   void publish_locked() {
@@ -182,6 +193,49 @@ struct VaSpace::Impl {
   std::atomic<std::uint64_t> allocs{0}, frees{0}, lazy_frees{0}, purges{0}, purged_areas{0},
       failed_allocs{0};
 };
+
+/*** fork ***/
+
+namespace {
+
+// Every live space, for the fork handlers. Guarded by fork_registry_mutex.
+std::mutex fork_registry_mutex;
+std::vector<VaSpace::Impl*>& fork_registry() {
+  static std::vector<VaSpace::Impl*> spaces;
+  return spaces;
+}
+
+}  // namespace
+
+void VaSpace::Impl::register_for_fork(Impl* space) {
+  static const bool installed = [] {
+    detail::rcu::install_fork_handlers();  // first, so ours run before them
+    auto lock_all = [] {
+      fork_registry_mutex.lock();
+      for (Impl* s : fork_registry()) {
+        s->purge_lock.lock();
+        s->lock.lock();
+      }
+    };
+    auto unlock_all = [] {
+      for (Impl* s : fork_registry()) {
+        s->lock.unlock();
+        s->purge_lock.unlock();
+      }
+      fork_registry_mutex.unlock();
+    };
+    return pthread_atfork(lock_all, unlock_all, unlock_all) == 0;
+  }();
+  (void)installed;
+  std::lock_guard<std::mutex> g(fork_registry_mutex);
+  fork_registry().push_back(space);
+}
+
+void VaSpace::Impl::unregister_for_fork(Impl* space) {
+  std::lock_guard<std::mutex> g(fork_registry_mutex);
+  auto& spaces = fork_registry();
+  spaces.erase(std::find(spaces.begin(), spaces.end(), space));
+}
 
 void VaSpace::Impl::purge(bool blocking) {
   std::unique_lock<std::mutex> serial(purge_lock, std::defer_lock);
