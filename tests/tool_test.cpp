@@ -27,7 +27,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Run {
+struct ToolRun {
   int exit_code;
   std::string out;
   std::string err;
@@ -51,7 +51,7 @@ class ToolTest : public ::testing::Test {
 
   // Runs the tool with `args`, stdout and stderr captured to files (not
   // pipes, so a chatty child can never block on a full pipe).
-  Run run(std::vector<std::string> args) {
+  ToolRun run(std::vector<std::string> args) {
     args.insert(args.begin(), UVMALLOC_TOOL_PATH);
     std::vector<char*> argv;
     for (auto& arg : args) argv.push_back(arg.data());
@@ -135,7 +135,7 @@ TEST_F(ToolTest, BadOptionsExitTwoWithOneLineSayingWhatIsAllowed) {
     std::string joined;
     for (const auto& arg : c.args) joined += ' ' + arg;
     SCOPED_TRACE("uvmalloc" + joined);
-    const Run result = run(c.args);
+    const ToolRun result = run(c.args);
     EXPECT_EQ(result.exit_code, 2);
     EXPECT_EQ(result.out, "");
     EXPECT_EQ(count_lines(result.err), 1u) << result.err;
@@ -144,16 +144,16 @@ TEST_F(ToolTest, BadOptionsExitTwoWithOneLineSayingWhatIsAllowed) {
 }
 
 TEST_F(ToolTest, HelpExitsZero) {
-  for (const std::vector<std::string> args :
+  for (const std::vector<std::string>& args :
        {std::vector<std::string>{"--help"}, {"bench", "contention", "--help"}, {"map", "--help"}}) {
-    const Run result = run(args);
+    const ToolRun result = run(args);
     EXPECT_EQ(result.exit_code, 0);
     EXPECT_NE(result.out.find("Usage:"), std::string::npos);
   }
 }
 
 TEST_F(ToolTest, ContentionJsonHasOneObjectPerCombination) {
-  const Run result = run({"bench", "contention", "--modes", "locked,counters", "--readers", "0,1",
+  const ToolRun result = run({"bench", "contention", "--modes", "locked,counters", "--readers", "0,1",
                           "--areas", "100,1k", "--seconds", "0.05", "--repeats", "1", "--json"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   const auto json = nlohmann::json::parse(result.out);
@@ -179,7 +179,7 @@ TEST_F(ToolTest, ContentionJsonHasOneObjectPerCombination) {
 }
 
 TEST_F(ToolTest, ContentionCsvHasHeaderAndOneLinePerCombination) {
-  const Run result = run({"bench", "contention", "--modes", "rcu_walk", "--readers", "0,1",
+  const ToolRun result = run({"bench", "contention", "--modes", "rcu_walk", "--readers", "0,1",
                           "--areas", "100", "--seconds", "0.02", "--repeats", "1", "--csv"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   std::istringstream lines(result.out);
@@ -193,7 +193,7 @@ TEST_F(ToolTest, ContentionCsvHasHeaderAndOneLinePerCombination) {
 
 TEST_F(ToolTest, ContentionPlotWritesValidPng) {
   const fs::path png = dir_ / "contention.png";
-  const Run result = run({"bench", "contention", "--modes", "locked,rcu_walk", "--readers", "0,1",
+  const ToolRun result = run({"bench", "contention", "--modes", "locked,rcu_walk", "--readers", "0,1",
                           "--areas", "100", "--seconds", "0.02", "--repeats", "1", "--plot",
                           png.string()});
   ASSERT_EQ(result.exit_code, 0) << result.err;
@@ -202,7 +202,7 @@ TEST_F(ToolTest, ContentionPlotWritesValidPng) {
 
 TEST_F(ToolTest, ProgressStaysOffWhenStderrIsNotATerminal) {
   // Planned 3 x 0.7 s > 2 s, so only the missing terminal keeps it quiet.
-  const Run result = run({"bench", "contention", "--modes", "counters", "--readers", "0,1,2",
+  const ToolRun result = run({"bench", "contention", "--modes", "counters", "--readers", "0,1,2",
                           "--areas", "100", "--seconds", "0.7", "--repeats", "1", "--json"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_EQ(result.err, "");
@@ -210,7 +210,7 @@ TEST_F(ToolTest, ProgressStaysOffWhenStderrIsNotATerminal) {
 
 TEST_F(ToolTest, ScalingJsonHasEveryModeAndAllocFreeForEachAreaCount) {
   const fs::path svg = dir_ / "scaling.svg";
-  const Run result = run({"bench", "scaling", "--areas", "100,1000", "--seconds", "0.02",
+  const ToolRun result = run({"bench", "scaling", "--areas", "100,1000", "--seconds", "0.02",
                           "--repeats", "1", "--adversarial", "--json", "--plot", svg.string()});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   const auto json = nlohmann::json::parse(result.out);
@@ -228,7 +228,7 @@ TEST_F(ToolTest, ScalingJsonHasEveryModeAndAllocFreeForEachAreaCount) {
 }
 
 TEST_F(ToolTest, AccuracyFindsLockedAndCountersReadingsExact) {
-  const Run result = run({"bench", "accuracy", "--areas", "1000", "--seconds", "0.1", "--json"});
+  const ToolRun result = run({"bench", "accuracy", "--areas", "1000", "--seconds", "0.1", "--json"});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   const auto json = nlohmann::json::parse(result.out);
   ASSERT_EQ(json.size(), 6u) << "3 modes x (used, largest_chunk)";
@@ -246,7 +246,7 @@ TEST_F(ToolTest, MapWritesPngAndSvgForEveryWorkload) {
     SCOPED_TRACE(workload);
     const fs::path png = dir_ / (workload + ".png");
     const fs::path svg = dir_ / (workload + ".svg");
-    const Run result = run({"map", "--workload", workload, "--areas", "100", "--png",
+    const ToolRun result = run({"map", "--workload", workload, "--areas", "100", "--png",
                             png.string(), "--svg", svg.string()});
     ASSERT_EQ(result.exit_code, 0) << result.err;
     EXPECT_EQ(result.out.rfind("VmallocTotal:", 0), 0u) << result.out;

@@ -15,7 +15,8 @@
 // done but not yet published; op s0 + 2 waits for the mutex) and in s1 or
 // s1 + 1 when it ended, so every state the read overlapped is in
 // [s0, s1 + 1]. The error of a read is its distance to the nearest state in
-// that window, for each figure separately. The window may hold one state the
+// that window, for each figure separately (worked out after the run, once
+// the log is complete, so readers only read). The window may hold one state the
 // read did not overlap, so errors are exact to within one update, never
 // overstated. locked and counters read one instant and must show zero.
 //
@@ -141,6 +142,17 @@ struct AccuracyOptions {
   OutputOptions output;
 };
 
+// What a reader saw and the published states around its read; errors are
+// worked out after the run, so the reader's loop does nothing but read.
+struct RawRead {
+  std::size_t used;
+  std::size_t largest_chunk;
+  std::uint64_t first;           // published before the read
+  std::uint64_t last_published;  // published after it
+};
+// 32 MiB of reads per reader is plenty for a few seconds of walks.
+constexpr std::size_t kMaxReadsPerReader = std::size_t{1} << 20;
+
 // One read's distance to the nearest true state in its window.
 struct ReadError {
   double used_bytes;
@@ -203,6 +215,28 @@ double distance(std::size_t seen, std::size_t truth) {
   return seen > truth ? static_cast<double>(seen - truth) : static_cast<double>(truth - seen);
 }
 
+// A read's distance to the nearest state in [read.first, last], per figure.
+ReadError error_of(const RawRead& read, const TruthLog& log, std::uint64_t last) {
+  ReadError error{.used_bytes = -1, .used_percent = 0, .chunk_bytes = -1, .chunk_percent = 0,
+                  .matches_one_state = false, .window = last - read.first + 1};
+  for (std::uint64_t state = read.first; state <= last; ++state) {
+    const TrueFigures& truth = log.at(state);
+    const double used = distance(read.used, truth.used);
+    const double chunk = distance(read.largest_chunk, truth.largest_chunk);
+    if (error.used_bytes < 0 || used < error.used_bytes) {
+      error.used_bytes = used;
+      error.used_percent = truth.used ? 100 * used / static_cast<double>(truth.used) : 0;
+    }
+    if (error.chunk_bytes < 0 || chunk < error.chunk_bytes) {
+      error.chunk_bytes = chunk;
+      error.chunk_percent =
+          truth.largest_chunk ? 100 * chunk / static_cast<double>(truth.largest_chunk) : 0;
+    }
+    error.matches_one_state |= used == 0 && chunk == 0;
+  }
+  return error;
+}
+
 std::vector<ReadError> measure(const AccuracyOptions& options, InfoMode mode) {
   Packed packed = make_packed(options.areas, mode);
   VaSpace& space = *packed.space;
@@ -216,9 +250,8 @@ std::vector<ReadError> measure(const AccuracyOptions& options, InfoMode mode) {
 
   std::mutex bench_mutex;  // serialises writers: space op + reference + log
   std::atomic<bool> stop{false};
-  std::atomic<unsigned> writers_running{options.writers};
   std::latch ready(options.writers + options.readers + 1);
-  std::vector<std::vector<ReadError>> errors(options.readers);
+  std::vector<std::vector<RawRead>> reads(options.readers);
   FirstFailure failure;
   {
     std::vector<std::jthread> threads;
@@ -265,45 +298,17 @@ std::vector<ReadError> measure(const AccuracyOptions& options, InfoMode mode) {
           }
           if (!log.append(reference.figures())) stop.store(true, std::memory_order_relaxed);
         }
-        // release: a reader that sees no writer running sees the final log.
-        writers_running.fetch_sub(1, std::memory_order_release);
       });
     }
     for (unsigned r = 0; r < options.readers; ++r) {
       threads.emplace_back([&, r] {
-        auto& mine = errors[r];
+        auto& mine = reads[r];
+        mine.reserve(kMaxReadsPerReader);
         ready.arrive_and_wait();
-        while (!stop.load(std::memory_order_relaxed)) {
+        while (!stop.load(std::memory_order_relaxed) && mine.size() < kMaxReadsPerReader) {
           const std::uint64_t first = log.published();
           const VmallocInfo seen = space.info(mode);
-          const std::uint64_t last_published = log.published();
-          // State last_published + 1 may already be in the space: wait until
-          // it is logged (or no writer is left to make it).
-          std::uint64_t now = last_published;
-          while ((now = log.published()) == last_published &&
-                 writers_running.load(std::memory_order_acquire) > 0) {
-            std::this_thread::yield();
-          }
-          const std::uint64_t last = std::min(last_published + 1, now);
-          ReadError error{.used_bytes = -1, .used_percent = 0, .chunk_bytes = -1,
-                          .chunk_percent = 0, .matches_one_state = false,
-                          .window = last - first + 1};
-          for (std::uint64_t state = first; state <= last; ++state) {
-            const TrueFigures& truth = log.at(state);
-            const double used = distance(seen.used, truth.used);
-            const double chunk = distance(seen.largest_chunk, truth.largest_chunk);
-            if (error.used_bytes < 0 || used < error.used_bytes) {
-              error.used_bytes = used;
-              error.used_percent = truth.used ? 100 * used / static_cast<double>(truth.used) : 0;
-            }
-            if (error.chunk_bytes < 0 || chunk < error.chunk_bytes) {
-              error.chunk_bytes = chunk;
-              error.chunk_percent =
-                  truth.largest_chunk ? 100 * chunk / static_cast<double>(truth.largest_chunk) : 0;
-            }
-            error.matches_one_state |= used == 0 && chunk == 0;
-          }
-          mine.push_back(error);
+          mine.push_back({seen.used, seen.largest_chunk, first, log.published()});
         }
       });
     }
@@ -314,9 +319,16 @@ std::vector<ReadError> measure(const AccuracyOptions& options, InfoMode mode) {
   failure.throw_if_any();
   if (options.free == WriterFree::lazy) space.purge();
   check_at_rest(space, reference, "after the run");
-  std::vector<ReadError> all;
-  for (auto& reader : errors) all.insert(all.end(), reader.begin(), reader.end());
-  return all;
+  // The log is complete now, so state last_published + 1 (which may have
+  // been in the space when the read ended) is known for every read.
+  const std::uint64_t final_state = log.published();
+  std::vector<ReadError> errors;
+  for (const auto& reader : reads) {
+    for (const RawRead& read : reader) {
+      errors.push_back(error_of(read, log, std::min(read.last_published + 1, final_state)));
+    }
+  }
+  return errors;
 }
 
 void run(const AccuracyOptions& options) {
@@ -372,8 +384,8 @@ void run(const AccuracyOptions& options) {
       window += static_cast<double>(error.window);
     }
     notes.push_back(strprintf(
-        "%s: %.1f%% of reads equal one state the space was in during the read; a read "
-        "overlapped %.1f updates on average.",
+        "%s: %.1f%% of reads equal one state the space was in during the read; the state "
+        "changed up to %.1f times during a read on average.",
         std::string(mode_name(mode)).c_str(), 100.0 * static_cast<double>(whole) / static_cast<double>(errors.size()),
         window / static_cast<double>(errors.size()) - 1));
   }

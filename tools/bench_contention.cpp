@@ -34,12 +34,14 @@ void run(const ContentionOptions& options) {
                  {"areas", "areas", Format::integer},
                  {"writer_ops_per_sec", "writer ops", Format::rate},
                  {"reader_ops_per_sec", "reader ops", Format::rate},
-                 {"writer_kept", "writer kept", Format::ratio}});
+                 {"writer_kept", "writer kept", Format::ratio},
+                 {"writer_on_cpu", "writer on CPU", Format::ratio}});
   for (const auto& result : results) {
     report.add_row({std::string(mode_name(result.mode)), std::int64_t{result.writers},
                     std::int64_t{result.readers}, static_cast<std::int64_t>(result.areas),
                     result.writer_ops_per_sec, result.reader_ops_per_sec,
-                    result.writer_kept ? Cell{*result.writer_kept} : Cell{}});
+                    result.writer_kept ? Cell{*result.writer_kept} : Cell{},
+                    result.writer_on_cpu});
   }
 
   const unsigned cores = std::thread::hardware_concurrency();
@@ -51,6 +53,8 @@ void run(const ContentionOptions& options) {
                 plan.repeats, plan.seconds),
       "writer kept = writer ops with the readers / without them, same mode and areas "
       "(median of per-repeat ratios).",
+      "writer on CPU = the writers' CPU time / wall time: below 100% they slept on the lock "
+      "or the machine ran something else.",
   };
   bool oversubscribed = false;
   for (const unsigned readers : plan.readers) oversubscribed |= plan.writers + readers > cores;

@@ -408,7 +408,7 @@ void plot_lines(const std::filesystem::path& path, const PlotSpec& spec) {
   script += "set title " + gnuplot_quote(spec.title) + "\n";
   script += "set xlabel " + gnuplot_quote(spec.x_label) + "\n";
   script += "set ylabel " + gnuplot_quote(spec.y_label) + "\n";
-  if (spec.log_x) script += "set logscale x\n";
+  if (spec.log_x) script += "set logscale x\nset format x '10^{%L}'\n";
   if (spec.log_y) script += "set logscale y\nset format y '10^{%L}'\n";
   script +=
       "set grid xtics ytics mytics lc rgb '#dddddd'\n"

@@ -2,6 +2,8 @@
 #include "contention.hpp"
 
 #include <atomic>
+#include <time.h>
+
 #include <chrono>
 #include <latch>
 #include <map>
@@ -26,12 +28,20 @@ void keep(const T& value) {
 // each other down through false sharing.
 struct alignas(64) OpCount {
   std::uint64_t ops = 0;
+  double cpu_seconds = 0;  // the thread's time on a CPU during the run
 };
 
 struct Sample {
   double writer_ops_per_sec;
   double reader_ops_per_sec;
+  double writer_on_cpu;
 };
+
+double thread_cpu_seconds() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + static_cast<double>(now.tv_nsec) * 1e-9;
+}
 
 Sample run_once(VaSpace& space, InfoMode mode, unsigned writers, unsigned readers,
                 const ContentionPlan& plan) {
@@ -40,66 +50,67 @@ Sample run_once(VaSpace& space, InfoMode mode, unsigned writers, unsigned reader
   std::vector<OpCount> writer_ops(writers);
   std::vector<OpCount> reader_ops(readers);
   FirstFailure failure;
-  {
-    std::vector<std::jthread> threads;
-    for (unsigned w = 0; w < writers; ++w) {
-      threads.emplace_back([&, w] {
-        bench::PageSizeStream sizes(1000 + w);  // each writer its own fixed size sequence
-        ready.arrive_and_wait();
-        std::uint64_t ops = 0;
-        // relaxed: the flag only ends the loop; the join publishes the counts.
+  std::vector<std::jthread> threads;
+  for (unsigned w = 0; w < writers; ++w) {
+    threads.emplace_back([&, w] {
+      bench::PageSizeStream sizes(1000 + w);  // each writer its own fixed size sequence
+      ready.arrive_and_wait();
+      const double cpu_started = thread_cpu_seconds();
+      std::uint64_t ops = 0;
+      // relaxed: the flag only ends the loop; the join publishes the counts.
+      while (!stop.load(std::memory_order_relaxed)) {
+        const auto start = space.alloc(sizes.next_bytes(), bench::kPageSize);
+        if (!start) {
+          failure.record("writer alloc: " + start.error().message());
+          stop.store(true, std::memory_order_relaxed);
+          break;
+        }
+        const auto error =
+            plan.free == WriterFree::now ? space.free(*start) : space.free_lazy(*start);
+        if (error) {
+          failure.record("writer free: " + error.message());
+          stop.store(true, std::memory_order_relaxed);
+          break;
+        }
+        ++ops;
+      }
+      writer_ops[w] = {ops, thread_cpu_seconds() - cpu_started};
+    });
+  }
+  for (unsigned r = 0; r < readers; ++r) {
+    threads.emplace_back([&, r] {
+      ready.arrive_and_wait();
+      std::uint64_t ops = 0;
+      if (plan.call == ReaderCall::info) {
         while (!stop.load(std::memory_order_relaxed)) {
-          const auto start = space.alloc(sizes.next_bytes(), bench::kPageSize);
-          if (!start) {
-            failure.record("writer alloc: " + start.error().message());
-            stop.store(true, std::memory_order_relaxed);
-            break;
-          }
-          const auto error =
-              plan.free == WriterFree::now ? space.free(*start) : space.free_lazy(*start);
-          if (error) {
-            failure.record("writer free: " + error.message());
-            stop.store(true, std::memory_order_relaxed);
-            break;
-          }
+          keep(space.info(mode));
           ++ops;
         }
-        writer_ops[w].ops = ops;
-      });
-    }
-    for (unsigned r = 0; r < readers; ++r) {
-      threads.emplace_back([&, r] {
-        ready.arrive_and_wait();
-        std::uint64_t ops = 0;
-        if (plan.call == ReaderCall::info) {
-          while (!stop.load(std::memory_order_relaxed)) {
-            keep(space.info(mode));
-            ++ops;
-          }
-        } else {
-          while (!stop.load(std::memory_order_relaxed)) {
-            keep(space.meminfo().size());
-            ++ops;
-          }
+      } else {
+        while (!stop.load(std::memory_order_relaxed)) {
+          keep(space.meminfo().size());
+          ++ops;
         }
-        reader_ops[r].ops = ops;
-      });
-    }
-    ready.arrive_and_wait();
-    const auto started = Clock::now();
-    std::this_thread::sleep_for(std::chrono::duration<double>(plan.seconds));
-    stop.store(true, std::memory_order_relaxed);
-    const std::chrono::duration<double> elapsed = Clock::now() - started;
-    threads.clear();  // joins
-    failure.throw_if_any();
-    const auto rate = [&](const std::vector<OpCount>& counts) {
-      std::uint64_t total = 0;
-      for (const auto& count : counts) total += count.ops;
-      return static_cast<double>(total) / elapsed.count();
-    };
-    if (plan.free == WriterFree::lazy) space.purge();  // back to the layout as built
-    return {rate(writer_ops), rate(reader_ops)};
+      }
+      reader_ops[r] = {ops, 0};
+    });
   }
+  ready.arrive_and_wait();
+  const auto started = Clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(plan.seconds));
+  stop.store(true, std::memory_order_relaxed);
+  const std::chrono::duration<double> elapsed = Clock::now() - started;
+  threads.clear();  // joins
+  failure.throw_if_any();
+  const auto rate = [&](const std::vector<OpCount>& counts) {
+    std::uint64_t total = 0;
+    for (const auto& count : counts) total += count.ops;
+    return static_cast<double>(total) / elapsed.count();
+  };
+  double writer_cpu = 0;
+  for (const auto& count : writer_ops) writer_cpu += count.cpu_seconds;
+  if (plan.free == WriterFree::lazy) space.purge();  // back to the layout as built
+  return {rate(writer_ops), rate(reader_ops), writer_cpu / (elapsed.count() * writers)};
 }
 
 }  // namespace
@@ -156,9 +167,11 @@ std::vector<ContentionResult> run_contention(const ContentionPlan& plan,
         const auto& cell = samples.at({m, a, r});
         std::vector<double> writer_rates;
         std::vector<double> reader_rates;
+        std::vector<double> writer_on_cpu;
         for (const auto& sample : cell) {
           writer_rates.push_back(sample.writer_ops_per_sec);
           reader_rates.push_back(sample.reader_ops_per_sec);
+          writer_on_cpu.push_back(sample.writer_on_cpu);
         }
         std::optional<double> kept;
         if (baseline != plan.readers.end()) {
@@ -176,7 +189,8 @@ std::vector<ContentionResult> run_contention(const ContentionPlan& plan,
                            .areas = plan.areas[a],
                            .writer_ops_per_sec = median(std::move(writer_rates)),
                            .reader_ops_per_sec = median(std::move(reader_rates)),
-                           .writer_kept = kept});
+                           .writer_kept = kept,
+                           .writer_on_cpu = median(std::move(writer_on_cpu))});
       }
     }
   }

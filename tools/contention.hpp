@@ -54,6 +54,9 @@ struct ContentionResult {
   // Median over repeats of writer_ops_per_sec / the same repeat's readers = 0
   // rate for this mode and areas; empty when the plan has no readers = 0.
   std::optional<double> writer_kept;
+  // Median over repeats of the writers' CPU time / (wall time x writers):
+  // below 1 when they waited for a lock or the machine ran something else.
+  double writer_on_cpu;
 };
 
 // The plan's wall time without layout building, for progress decisions.

@@ -4,6 +4,7 @@
 // One writer allocates and frees over 10^4 live areas while one reader reads
 // meminfo as fast as it can, in each info mode, with and without the reader.
 // The closing sentence is built from the measured numbers.
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <sstream>
@@ -47,12 +48,15 @@ void run(const DemoOptions& options) {
 
   auto sample = bench::make_fragmented(areas, InfoMode::counters, 42);
   if (!sample) throw std::runtime_error("building the layout: " + sample.error());
+  const auto threads = [](unsigned count, const char* what) {
+    return std::to_string(count) + ' ' + what + (count == 1 ? " thread " : " threads ");
+  };
   std::cout << "uvmalloc demo - the seed's scenario on this machine ("
             << std::thread::hardware_concurrency() << " cores)\n\n"
-            << plan.writers << " writer thread" << (plan.writers == 1 ? "" : "s")
-            << " allocate and free areas of 1-4 pages among " << areas_text
-            << " live areas, while " << readers << " reader thread" << (readers == 1 ? "" : "s")
-            << " read meminfo as fast as\npossible, which returns these three lines:\n\n";
+            << threads(plan.writers, "writer") << (plan.writers == 1 ? "allocates" : "allocate")
+            << " and frees areas of 1-4 pages among " << areas_text << " live areas,\nwhile "
+            << threads(readers, "reader") << (readers == 1 ? "reads" : "read")
+            << " meminfo as fast as possible. meminfo returns three lines:\n\n";
   std::istringstream lines(sample->space->meminfo());
   for (std::string line; std::getline(lines, line);) std::cout << "    " << line << '\n';
   sample->space.reset();
@@ -73,6 +77,7 @@ void run(const DemoOptions& options) {
     double read_ns;
   };
   std::vector<ModeFigures> figures;
+  double lowest_alone_on_cpu = 1;
   for (const InfoMode mode : plan.modes) {
     const ContentionResult* alone = nullptr;
     const ContentionResult* contended = nullptr;
@@ -84,6 +89,7 @@ void run(const DemoOptions& options) {
     // readers / (total reads per second).
     const double read_ns = static_cast<double>(readers) * 1e9 / contended->reader_ops_per_sec;
     figures.push_back({*contended->writer_kept, read_ns});
+    lowest_alone_on_cpu = std::min(lowest_alone_on_cpu, alone->writer_on_cpu);
     table.add_row({std::string(mode_name(mode)), std::string(how_read(mode)),
                    alone->writer_ops_per_sec, contended->writer_ops_per_sec,
                    *contended->writer_kept, contended->reader_ops_per_sec, read_ns});
@@ -98,6 +104,11 @@ void run(const DemoOptions& options) {
   if (plan.writers + readers > std::thread::hardware_concurrency()) {
     std::cout << "Note: more threads than cores here, so part of every slowdown is time "
                  "slicing.\n";
+  }
+  if (lowest_alone_on_cpu < 0.8) {
+    std::cout << "Note: other programs were busy on this machine (the writer alone ran only "
+              << percent(lowest_alone_on_cpu)
+              << " of the time), so these ratios are noisy; rerun when it is idle.\n";
   }
   std::cout << '\n'
             << "With a reader hammering meminfo, the writer kept " << percent(locked.kept)
