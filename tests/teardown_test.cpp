@@ -41,11 +41,10 @@ std::unique_ptr<VaSpace> make_space(std::size_t pages, std::size_t lazy_max_page
   return space ? std::move(*space) : nullptr;
 }
 
-// Readers of every kind, until `stop`; counts their calls so the test can
-// prove they really ran concurrently with the writer.
+// Readers of every kind, until `stop`; counts their rounds so the test can
+// prove they really ran concurrently with the writers.
 void read_until(const VaSpace& space, const std::atomic<bool>& stop,
                 std::atomic<std::uint64_t>& reads) {
-  std::uint64_t n = 0;
   while (!stop.load(std::memory_order_relaxed)) {
     for (InfoMode mode : kModes) {
       const auto info = space.info(mode);
@@ -57,9 +56,15 @@ void read_until(const VaSpace& space, const std::atomic<bool>& stop,
       if (area.end <= area.start) std::abort();
     });
     (void)space.find(space.options().start);
-    ++n;
+    reads.fetch_add(1, std::memory_order_relaxed);
   }
-  reads.fetch_add(n, std::memory_order_relaxed);
+}
+
+// Returns once the readers have completed `rounds` more rounds: on a loaded
+// machine a reader thread may not have been scheduled yet.
+void wait_for_reads(const std::atomic<std::uint64_t>& reads, std::uint64_t rounds) {
+  const std::uint64_t target = reads.load(std::memory_order_relaxed) + rounds;
+  while (reads.load(std::memory_order_relaxed) < target) std::this_thread::yield();
 }
 
 // Allocations and frees of both kinds; leaves some areas live and some lazily
@@ -95,9 +100,9 @@ TEST(Teardown, DestroyRightAfterReadersAndWritersStopIsClean) {
     std::thread writer(churn, std::ref(*space), 1000 + cycle, 3000);
     churn(*space, 2000 + cycle, 3000);
     writer.join();
+    wait_for_reads(reads, 4);
     stop.store(true, std::memory_order_relaxed);
     for (auto& t : readers) t.join();
-    EXPECT_GT(reads.load(std::memory_order_relaxed), 0u);
     EXPECT_EQ(space->check_invariants(), "");
     // Destroyed at once: nodes retired by the last frees and purges are
     // still waiting for their grace period.
@@ -134,16 +139,16 @@ TEST(Teardown, DestroyingOneSpaceWhileReadersRunOnAnotherIsClean) {
   for (int r = 0; r < 2; ++r)
     readers.emplace_back(read_until, std::cref(*kept), std::cref(stop), std::ref(reads));
 
-  const auto reads_before = reads.load(std::memory_order_relaxed);
   for (int cycle = 0; cycle < 30; ++cycle) {
     auto doomed = make_space(1024);
     ASSERT_NE(doomed, nullptr);
     churn(*doomed, 3000 + cycle, 500);
+    wait_for_reads(reads, 1);  // readers of `kept` are active across each destruction
     doomed.reset();  // its grace periods must wait for readers of `kept` too
   }
   stop.store(true, std::memory_order_relaxed);
   for (auto& t : readers) t.join();
-  EXPECT_GT(reads.load(std::memory_order_relaxed), reads_before);
+  EXPECT_GE(reads.load(std::memory_order_relaxed), 30u);
   for (InfoMode mode : kModes) EXPECT_EQ(kept->info(mode), kept_info);
   EXPECT_EQ(kept->check_invariants(), "");
 }
