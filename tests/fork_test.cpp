@@ -2,12 +2,14 @@
 //
 // fork() copies only the calling thread. liburcu's call_rcu worker threads
 // and every other thread of the parent are gone in the child, while their
-// bookkeeping (the reader registry, the queued callbacks) is copied. Unless
-// the library handles fork (liburcu's call_rcu_before_fork / _after_fork_parent
-// / _after_fork_child around it), the child's first grace period or
-// deferred release waits for a thread that does not exist, and the child
-// hangs. So every child here runs under a deadline, and a child that hangs,
-// crashes or sees a wrong figure fails the test with the reason.
+// bookkeeping is copied: the RCU reader registry (a thread that was inside a
+// read-side section stays "inside" forever), the queued callbacks, and any
+// lock another thread held. Unless the library handles fork (liburcu-bp's
+// fork handlers prune the registry and restart call_rcu; the core takes
+// every space's locks around fork()), the child's first grace period, or
+// its first write, waits forever. So every child here runs under a
+// deadline, and a child that hangs, crashes or sees a wrong figure fails the
+// test with the reason.
 //
 // A child reports through its exit status only (no gtest inside it):
 // 0 passed; otherwise the step number that failed.
@@ -180,6 +182,57 @@ TEST(Fork, ChildWorksAfterForkingWhileReaderThreadsRun) {
   stop.store(true, std::memory_order_relaxed);
   for (auto& t : readers) t.join();
   EXPECT_EQ(exercise(*space), 0);
+}
+
+TEST(Fork, ChildSeesAConsistentSpaceWhenForkedWhileWritersRun) {
+  // Writers hold the space's locks for short moments; the library's fork
+  // handlers take them around fork(), so the child never inherits a lock
+  // held by a thread it does not have, nor a half-done update.
+  auto space = make_space(1 << 16, 64);
+  ASSERT_NE(space, nullptr);
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> writes{0};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 2; ++w) {
+    writers.emplace_back([&, w] {
+      std::vector<std::uintptr_t> mine;
+      for (unsigned i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+        if (mine.size() < 200) {
+          if (auto a = space->alloc(kPage * (1 + i % 4), kPage)) mine.push_back(*a);
+        } else {
+          const std::uintptr_t start = mine[i % mine.size()];
+          mine[i % mine.size()] = mine.back();
+          mine.pop_back();
+          if ((i + w) % 2 ? space->free(start) : space->free_lazy(start)) std::abort();
+        }
+        if (i % 500 == 0) space->purge();
+        writes.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  }
+  std::thread reader([&] {
+    while (!stop.load(std::memory_order_relaxed))
+      for (InfoMode mode : kModes) (void)space->info(mode);
+  });
+  for (int i = 0; i < 10; ++i) {
+    const std::uint64_t target = writes.load(std::memory_order_relaxed) + 1000;
+    while (writes.load(std::memory_order_relaxed) < target) std::this_thread::yield();
+    const std::string failure = run_in_child([&] {
+      if (!space->check_invariants().empty()) return 70;
+      const auto reference = space->info(InfoMode::locked);
+      for (InfoMode mode : kModes)
+        if (space->info(mode) != reference) return 71;
+      if (int step = exercise(*space)) return 72 + step;
+      space.reset();
+      return 0;
+    });
+    EXPECT_EQ(failure, "") << "fork #" << i;
+    if (!failure.empty()) break;
+  }
+  stop.store(true, std::memory_order_relaxed);
+  for (auto& t : writers) t.join();
+  reader.join();
+  EXPECT_EQ(space->check_invariants(), "");
 }
 
 TEST(Fork, ChildOfAChildStillWorks) {
