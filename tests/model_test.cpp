@@ -22,16 +22,17 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
 #include <initializer_list>
-#include <map>
 #include <random>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace uvmalloc::testing {
 namespace {
