@@ -247,14 +247,53 @@ AreaTree::Leaf* AreaTree::descend(std::uintptr_t key, PathStep* path, int* depth
   return static_cast<Leaf*>(n);
 }
 
-void AreaTree::fix_up(PathStep* path, int depth, Node* child) noexcept {
-  for (int l = depth - 1; l >= 0; --l) {
-    const GapSummary cs = summarize(child);
-    if (slot(path[l].node, path[l].index) == cs) return;  // nothing above changes
-    set_slot(path[l].node, path[l].index, cs);
-    child = path[l].node;
+// p's summary after its slot ci changed from `before` to its current value,
+// given p's summary before that change. O(1) unless the change lowered a
+// candidate that may have been p's largest gap, or p holds lazily freed
+// areas that matter; then it rescans p.
+GapSummary AreaTree::resummarize(const Inner* p, int ci, const GapSummary& before,
+                                 const GapSummary& p_before) noexcept {
+  if (p->live_differs != 0) return summarize_inner(p);
+  const int n = p->count;
+  std::uintptr_t gap = p_before.gap;
+  bool rescan = false;
+  auto candidate = [&](std::uintptr_t was, std::uintptr_t now) {
+    if (now >= was) {
+      gap = std::max(gap, now);
+    } else if (was == p_before.gap) {
+      rescan = true;
+    }
+  };
+  candidate(before.gap, p->gap[ci]);
+  if (ci > 0 && before.lo != p->lo[ci]) {
+    candidate(before.lo - p->hi[ci - 1], p->lo[ci] - p->hi[ci - 1]);
   }
-  root_summary_ = summarize(root_);
+  if (ci + 1 < n && before.hi != p->hi[ci]) {
+    candidate(p->lo[ci + 1] - before.hi, p->lo[ci + 1] - p->hi[ci]);
+  }
+  if (rescan) return summarize_inner(p);
+  GapSummary s;
+  s.lo = p->lo[0];
+  s.hi = p->hi[n - 1];
+  s.gap = gap;
+  s.live_lo = s.lo;  // no child's live summary differs (live_differs == 0)
+  s.live_hi = s.hi;
+  s.live_gap = s.gap;
+  return s;
+}
+
+void AreaTree::fix_up(PathStep* path, int depth, Node* child) noexcept {
+  GapSummary cs = summarize(child);
+  for (int l = depth - 1; l >= 0; --l) {
+    Inner* p = path[l].node;
+    const int ci = path[l].index;
+    const GapSummary before = slot(p, ci);
+    if (before == cs) return;  // nothing above changes
+    set_slot(p, ci, cs);
+    const GapSummary p_before = l > 0 ? slot(path[l - 1].node, path[l - 1].index) : root_summary_;
+    cs = resummarize(p, ci, before, p_before);
+  }
+  root_summary_ = cs;
 }
 
 void AreaTree::fix_up_after_insert(PathStep* path, int depth, Node* child, Node* right) noexcept {
@@ -409,14 +448,26 @@ AreaNode* AreaTree::insert(std::uintptr_t start, std::uintptr_t end, AreaNode* n
   return pred;
 }
 
-AreaNode* AreaTree::erase(std::uintptr_t start) noexcept {
+AreaTree::Leaf* AreaTree::find_exact(std::uintptr_t start, PathStep* path, int* depth,
+                                     int* pos) const noexcept {
   if (!root_) return nullptr;
+  Leaf* leaf = descend(start, path, depth);
+  int i = 0;
+  while (i < leaf->count && leaf->start[i] < start) ++i;
+  if (i == leaf->count || leaf->start[i] != start) return nullptr;
+  *pos = i;
+  return leaf;
+}
+
+AreaRef AreaTree::ref_at(const Leaf* l, int pos) noexcept {
+  return {l->start[pos], l->end[pos], l->area[pos], ((l->live_mask >> pos) & 1) != 0};
+}
+
+AreaNode* AreaTree::erase(std::uintptr_t start) noexcept {
   PathStep path[kMaxHeight];
-  int depth = 0;
-  Leaf* leaf = descend(start, path, &depth);
-  int pos = 0;
-  while (pos < leaf->count && leaf->start[pos] < start) ++pos;
-  if (pos == leaf->count || leaf->start[pos] != start) return nullptr;
+  int depth = 0, pos = 0;
+  Leaf* leaf = find_exact(start, path, &depth, &pos);
+  if (!leaf) return nullptr;
   AreaNode* node = leaf->area[pos];
   leaf_erase_at(leaf, pos);
   --size_;
@@ -424,23 +475,26 @@ AreaNode* AreaTree::erase(std::uintptr_t start) noexcept {
   return node;
 }
 
-bool AreaTree::set_live(std::uintptr_t start, bool live) noexcept {
-  if (!root_) return false;
+std::optional<AreaRef> AreaTree::erase_live(std::uintptr_t start) noexcept {
   PathStep path[kMaxHeight];
-  int depth = 0;
-  Leaf* leaf = descend(start, path, &depth);
-  int pos = 0;
-  while (pos < leaf->count && leaf->start[pos] < start) ++pos;
-  if (pos == leaf->count || leaf->start[pos] != start) return false;
-  const std::uint32_t bit = std::uint32_t{1} << pos;
-  leaf->live_mask = live ? (leaf->live_mask | bit) : (leaf->live_mask & ~bit);
-  fix_up(path, depth, leaf);
-  return true;
+  int depth = 0, pos = 0;
+  Leaf* leaf = find_exact(start, path, &depth, &pos);
+  if (!leaf || !((leaf->live_mask >> pos) & 1)) return std::nullopt;
+  const AreaRef ref = ref_at(leaf, pos);
+  leaf_erase_at(leaf, pos);
+  --size_;
+  fix_up_after_erase(path, depth, leaf);
+  return ref;
 }
 
-std::optional<AreaRef> AreaTree::lookup(std::uintptr_t start) const noexcept {
-  auto ref = containing(start);
-  if (!ref || ref->start != start) return std::nullopt;
+std::optional<AreaRef> AreaTree::mark_lazy(std::uintptr_t start) noexcept {
+  PathStep path[kMaxHeight];
+  int depth = 0, pos = 0;
+  Leaf* leaf = find_exact(start, path, &depth, &pos);
+  if (!leaf || !((leaf->live_mask >> pos) & 1)) return std::nullopt;
+  const AreaRef ref = ref_at(leaf, pos);
+  leaf->live_mask &= ~(std::uint32_t{1} << pos);
+  fix_up(path, depth, leaf);
   return ref;
 }
 
@@ -455,8 +509,7 @@ std::optional<AreaRef> AreaTree::containing(std::uintptr_t addr) const noexcept 
   int pos = leaf->count - 1;
   while (pos >= 0 && leaf->start[pos] > addr) --pos;
   if (pos < 0 || addr >= leaf->end[pos]) return std::nullopt;
-  return AreaRef{leaf->start[pos], leaf->end[pos], leaf->area[pos],
-                 ((leaf->live_mask >> pos) & 1) != 0};
+  return ref_at(leaf, pos);
 }
 
 /*** Lowest fit ***/
@@ -539,7 +592,7 @@ std::vector<AreaRef> AreaTree::entries() const {
   while (!n->leaf) n = static_cast<const Inner*>(n)->child[0];
   for (auto* l = static_cast<const Leaf*>(n); l; l = l->next) {
     for (int i = 0; i < l->count; ++i) {
-      out.push_back({l->start[i], l->end[i], l->area[i], ((l->live_mask >> i) & 1) != 0});
+      out.push_back(ref_at(l, i));
     }
   }
   return out;

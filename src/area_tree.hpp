@@ -84,14 +84,13 @@ class AreaTree {
 
   // Removes the area starting exactly at `start`; its node, or nullptr.
   AreaNode* erase(std::uintptr_t start) noexcept;
+  // Removes the area starting exactly at `start` if it is live; what it was.
+  std::optional<AreaRef> erase_live(std::uintptr_t start) noexcept;
+  // Marks the live area starting exactly at `start` lazily freed; what it was.
+  std::optional<AreaRef> mark_lazy(std::uintptr_t start) noexcept;
 
-  // The area starting exactly at `start`.
-  [[nodiscard]] std::optional<AreaRef> lookup(std::uintptr_t start) const noexcept;
   // The area with start <= addr < end.
   [[nodiscard]] std::optional<AreaRef> containing(std::uintptr_t addr) const noexcept;
-
-  // Marks the area starting exactly at `start` live or lazily freed.
-  bool set_live(std::uintptr_t start, bool live) noexcept;
 
   // The lowest aligned address a with [a, a + size) inside [vstart, vend)
   // and inside one gap of [space_start, space_end).
@@ -151,6 +150,8 @@ class AreaTree {
   static GapSummary summarize(const Node* n) noexcept;
   static GapSummary summarize_leaf(const Leaf* l) noexcept;
   static GapSummary summarize_inner(const Inner* in) noexcept;
+  static GapSummary resummarize(const Inner* p, int ci, const GapSummary& before,
+                                const GapSummary& p_before) noexcept;
   static void set_slot(Inner* in, int i, const GapSummary& s) noexcept;
   static GapSummary slot(const Inner* in, int i) noexcept;
   static int child_for(const Inner* in, std::uintptr_t key) noexcept;
@@ -162,6 +163,9 @@ class AreaTree {
 
   // Descends to the leaf that holds `key` (or would); fills path.
   Leaf* descend(std::uintptr_t key, PathStep* path, int* depth) const noexcept;
+  // The leaf and index of the area starting exactly at `start`, or nullptr.
+  Leaf* find_exact(std::uintptr_t start, PathStep* path, int* depth, int* pos) const noexcept;
+  static AreaRef ref_at(const Leaf* l, int pos) noexcept;
   // Re-summarises from the leaf up after an in-place change; stops early
   // once a summary is unchanged.
   void fix_up(PathStep* path, int depth, Node* child) noexcept;

@@ -358,10 +358,11 @@ std::expected<std::uintptr_t, std::error_code> VaSpace::alloc(std::size_t size, 
 std::error_code VaSpace::free(std::uintptr_t start) {
   Impl& s = *impl_;
   std::lock_guard<std::mutex> g(s.lock);
-  const auto ref = s.tree.lookup(start);
-  if (!ref || !ref->live) return make_error_code(errc::not_an_area);
+  const auto ref = s.tree.erase_live(start);
+  if (!ref) return make_error_code(errc::not_an_area);
   s.used -= ref->end - ref->start;
-  s.remove_area_locked(ref->node);
+  s.list.remove_locked(ref->node);
+  s.pool.retire_locked(ref->node);
   Impl::count(s.frees);
   s.publish_locked();
   return {};
@@ -372,11 +373,10 @@ std::error_code VaSpace::free_lazy(std::uintptr_t start) {
   bool over_limit;
   {
     std::lock_guard<std::mutex> g(s.lock);
-    const auto ref = s.tree.lookup(start);
-    if (!ref || !ref->live) return make_error_code(errc::not_an_area);
+    const auto ref = s.tree.mark_lazy(start);
+    if (!ref) return make_error_code(errc::not_an_area);
     AreaNode* node = ref->node;
     node->flags.store(AreaNode::kLazy, std::memory_order_relaxed);
-    s.tree.set_live(start, false);
     node->lazy_next = s.lazy_head;
     s.lazy_head = node;
     s.lazy_pages += (ref->end - ref->start) / s.options.page_size;
