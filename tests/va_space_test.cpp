@@ -202,6 +202,26 @@ TEST_F(VaSpaceTest, AllocAlignedFindsLowerHoleThatFitsOnlyOnceAligned) {
   EXPECT_TRUE(AllocatedAt(space_->alloc(2 * kPage, 1), at(7)));
 }
 
+TEST_F(VaSpaceTest, AlignedAllocFindsTheOneAlignedHoleAmongManyMisalignedOnes) {
+  // 500 holes of 2 pages, each large enough for a 2-page area but starting at
+  // an odd page, so none can hold one aligned to 2 pages; one hole of exactly
+  // 2 pages at an even page in the middle. The exact lowest fit is that hole;
+  // a search that only trusts size + align - 1 would go past all of them.
+  constexpr std::size_t kPeriods = 500, kAlignedPeriod = 377;
+  make(4 * kPeriods + 64);
+  fill(0, 4 * kPeriods);
+  for (std::size_t k = 0; k < kPeriods; ++k) {
+    const std::size_t hole = 4 * k + (k == kAlignedPeriod ? 2 : 1);
+    ASSERT_FALSE(space_->free(at(hole)));
+    ASSERT_FALSE(space_->free(at(hole + 1)));
+  }
+  EXPECT_TRUE(AllocatedAt(space_->alloc(2 * kPage, 2 * kPage), at(4 * kAlignedPeriod + 2)));
+  EXPECT_TRUE(AllocatedAt(space_->alloc(2 * kPage, 2 * kPage), at(4 * kPeriods)));
+  EXPECT_TRUE(AllocatedAt(space_->alloc(2 * kPage, 1), at(1)));  // unaligned: the first hole
+  EXPECT_TRUE(purges_.calls().empty());
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
 TEST_F(VaSpaceTest, AllocWithinRangeReturnsLowestFitInsideIt) {
   make(32);
   EXPECT_TRUE(AllocatedAt(space_->alloc(kPage, 1, at(10), at(20)), at(10)));
