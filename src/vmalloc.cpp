@@ -73,9 +73,11 @@ struct Vmalloc::Impl {
   // live, lazily freed and reserved pages alike, so no purge is needed first.
   ~Impl() {
     space.reset();
-    // A destructor cannot report; if the kernel refuses, the range stays
-    // reserved (PROT_NONE, no pages), which costs address space only.
-    (void)os::release(as_pointer(base), options.reserve);
+    if (!os::release(as_pointer(base), options.reserve)) return;
+    // A destructor cannot report. If the kernel keeps the range, take it all
+    // back to reserved (no access, no pages), so what leaks is address space
+    // only; failing that, drop the pages at least.
+    if (os::decommit(as_pointer(base), options.reserve)) os::discard(as_pointer(base), options.reserve);
   }
 
   [[nodiscard]] std::expected<void*, std::error_code> vmalloc(std::size_t size, VmallocFlags flags);

@@ -87,7 +87,9 @@ class Vmalloc {
       const VmallocOptions& options);
 
   // Gives the whole reservation back to the kernel in one munmap, freed and
-  // live areas alike. No other thread may be inside a method, or call one after.
+  // live areas alike (should the kernel refuse, the range is decommitted
+  // instead: it keeps no pages and no access). No other thread may be inside
+  // a method, or call one after.
   ~Vmalloc();
   Vmalloc(const Vmalloc&) = delete;
   Vmalloc& operator=(const Vmalloc&) = delete;
