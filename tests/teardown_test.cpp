@@ -157,7 +157,7 @@ TEST(Teardown, ThreadsThatReadADestroyedSpaceCanUseANewOne) {
   // The same reader threads outlive three spaces in turn: their RCU
   // registration belongs to the thread, not to any space.
   std::atomic<VaSpace*> current{nullptr};
-  std::atomic<int> generation{0};
+  std::atomic<int> generation{-1};  // no space published yet
   std::atomic<int> done_with{-1};
   std::atomic<int> readers_done{0};
   constexpr int kReaders = 2;
