@@ -112,7 +112,8 @@ for phase in $phases; do
       ;;
     tsan)
       banner tsan "ThreadSanitizer build in build-tsan/, tests labelled concurrency"
-      build build-tsan -DUVMALLOC_SANITIZE=thread -DUVMALLOC_BUILD_BENCH=OFF
+      # Only the concurrency tests run here, and none needs the tool.
+      build build-tsan -DUVMALLOC_SANITIZE=thread -DUVMALLOC_BUILD_BENCH=OFF -DUVMALLOC_BUILD_TOOLS=OFF
       choose_tsan_runner
       test_prefix=(env "TSAN_OPTIONS=suppressions=$root/tsan.supp halt_on_error=1 second_deadlock_stack=1"
         "${tsan_runner[@]}")
