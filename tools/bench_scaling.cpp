@@ -17,11 +17,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-template <typename T>
-void keep(const T& value) {
-  asm volatile("" : : "r,m"(value) : "memory");
-}
-
 struct ScalingOptions {
   std::vector<InfoMode> modes = {InfoMode::locked, InfoMode::rcu_walk, InfoMode::counters};
   std::vector<std::uint64_t> areas = {1'000, 10'000, 100'000, 1'000'000};

@@ -206,6 +206,14 @@ class Progress {
 
 /*** Threads ***/
 
+// keep() - makes the compiler believe `value` is used, so a timed read whose
+// result nobody looks at is not optimised away.
+template <typename T>
+void keep(const T& value) {
+  asm volatile("" : : "r,m"(value) : "memory");
+}
+
+
 // FirstFailure - the first error any benchmark thread meets, rethrown on
 // the main thread after the join (threads record it and stop).
 class FirstFailure {

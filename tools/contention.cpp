@@ -18,12 +18,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Keeps the compiler from dropping a read whose result nobody uses.
-template <typename T>
-void keep(const T& value) {
-  asm volatile("" : : "r,m"(value) : "memory");
-}
-
 // One counter per cache line, so threads counting side by side do not slow
 // each other down through false sharing.
 struct alignas(64) OpCount {
