@@ -73,10 +73,15 @@ void run(const ContentionOptions& options) {
                   .y_label = "writer alloc+free pairs per second",
                   .log_x = false,
                   .log_y = true,
+                  .integer_x = true,
                   .series = {}};
     for (const InfoMode mode : plan.modes) {
-      for (const std::uint64_t areas : plan.areas) {
-        Series series{.title = std::string(mode_name(mode)), .points = {}};
+      for (std::size_t a = 0; a < plan.areas.size(); ++a) {
+        const std::uint64_t areas = plan.areas[a];
+        Series series{.title = std::string(mode_name(mode)),
+                      .points = {},
+                      .colour = mode_colour(mode),
+                      .variant = static_cast<int>(a)};
         if (plan.areas.size() > 1) series.title += ", " + areas_title(areas);
         for (const auto& result : results) {
           if (result.mode == mode && result.areas == areas) {

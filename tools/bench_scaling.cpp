@@ -126,9 +126,15 @@ void run(const ScalingOptions& options) {
                   .y_label = "nanoseconds per call",
                   .log_x = true,
                   .log_y = true,
+                  .integer_x = false,
                   .series = {}};
     for (std::size_t column = 1; column < report.columns().size(); ++column) {
-      Series series{.title = report.columns()[column].heading, .points = {}};
+      // Columns after the modes are alloc+free pairs: their own colours.
+      const bool info_column = column <= options.modes.size();
+      Series series{.title = report.columns()[column].heading,
+                    .points = {},
+                    .colour = info_column ? mode_colour(options.modes[column - 1]) : "",
+                    .variant = info_column ? 0 : static_cast<int>(column - options.modes.size())};
       for (const auto& row : report.rows()) {
         series.points.emplace_back(static_cast<double>(std::get<std::int64_t>(row[0])),
                                    std::get<double>(row[column]));

@@ -410,6 +410,17 @@ void plot_lines(const std::filesystem::path& path, const PlotSpec& spec) {
   script += "set ylabel " + gnuplot_quote(spec.y_label) + "\n";
   if (spec.log_x) script += "set logscale x\nset format x '10^{%L}'\n";
   if (spec.log_y) script += "set logscale y\nset format y '10^{%L}'\n";
+  if (spec.integer_x) {
+    double low = 0;
+    double high = 0;
+    for (const auto& series : spec.series) {
+      for (const auto& point : series.points) {
+        low = std::min(low, point.first);
+        high = std::max(high, point.first);
+      }
+    }
+    script += strprintf("set xtics 1\nset xrange [%g:%g]\n", low - 0.2, high + 0.2);
+  }
   script +=
       "set grid xtics ytics mytics lc rgb '#dddddd'\n"
       "set key outside right top box\n"
@@ -417,11 +428,25 @@ void plot_lines(const std::filesystem::path& path, const PlotSpec& spec) {
   std::string plot = "plot ";
   for (std::size_t i = 0; i < spec.series.size(); ++i) {
     if (i) plot += ", \\\n     ";
-    plot += strprintf("$series%zu using 1:2 with linespoints lw 2 pt 7 ps 1.2 title %s", i,
-                      gnuplot_quote(spec.series[i].title).c_str());
+    const Series& series = spec.series[i];
+    constexpr std::array kPointTypes = {7, 5, 9, 11, 13};  // filled circle, square, triangles...
+    plot += strprintf("$series%zu using 1:2 with linespoints lw 2 ps 1.2 pt %d dt %d", i,
+                      kPointTypes[static_cast<std::size_t>(series.variant) % kPointTypes.size()],
+                      series.variant % 5 + 1);
+    if (!series.colour.empty()) plot += " lc rgb '" + series.colour + "'";
+    plot += " title " + gnuplot_quote(series.title);
   }
   script += plot + "\n";
   run_gnuplot(path, script);
+}
+
+std::string mode_colour(InfoMode mode) {
+  switch (mode) {
+    case InfoMode::locked: return "#d7301f";
+    case InfoMode::rcu_walk: return "#2f6db5";
+    case InfoMode::counters: return "#1a9641";
+  }
+  return "#000000";
 }
 
 /*** Progress ***/

@@ -154,6 +154,8 @@ void emit(const Report& report, const OutputOptions& output,
 struct Series {
   std::string title;
   std::vector<std::pair<double, double>> points;  // (x, y)
+  std::string colour = {};  // "#rrggbb"; empty: gnuplot's next colour
+  int variant = 0;     // dash and point type, to tell apart series of one colour
 };
 
 struct PlotSpec {
@@ -162,6 +164,7 @@ struct PlotSpec {
   std::string y_label;
   bool log_x = false;
   bool log_y = false;
+  bool integer_x = false;  // x takes whole values only (thread counts): one tic each
   std::vector<Series> series;
 };
 
@@ -180,6 +183,9 @@ void check_plot_path(std::string_view option, const std::string& path);
 // is missing or fails, or the file was not written.
 void run_gnuplot(const std::filesystem::path& path, std::string_view script,
                  int width = 1000, int height = 600);
+
+// mode_colour() - one colour per info mode, the same in every plot.
+[[nodiscard]] std::string mode_colour(InfoMode mode);
 
 // plot_lines() - a line chart of `spec` (points marked) into `path`.
 void plot_lines(const std::filesystem::path& path, const PlotSpec& spec);
