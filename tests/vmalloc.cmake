@@ -11,7 +11,7 @@ if(UVMALLOC_BUILD_TOOLS)
                    --seconds 0.05 --repeats 1 --threads 1,2 --no-strace --json)
   set_tests_properties(bench_churn_smoke PROPERTIES
     LABELS "tool"
-    ENVIRONMENT "${UVMALLOC_TEST_ENVIRONMENT}"
+    ENVIRONMENT_MODIFICATION "${UVMALLOC_TEST_ENVIRONMENT}"
     TIMEOUT 120
     PASS_REGULAR_EXPRESSION "\"peer\": \"mmap\",[^}]*\"unmap_calls_per_1000_frees\": 1000\\.0"
     FAIL_REGULAR_EXPRESSION "error")

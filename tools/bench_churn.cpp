@@ -23,7 +23,7 @@ struct ChurnOptions {
 std::vector<ChurnPeer> default_peers() {
   std::vector<ChurnPeer> peers;
   for (const ChurnPeer peer : kAllChurnPeers) {
-    if (peer != ChurnPeer::jemalloc || jemalloc_available()) peers.push_back(peer);
+    if (peer_available(peer)) peers.push_back(peer);
   }
   return peers;
 }
@@ -45,9 +45,10 @@ std::vector<ChurnPeer> parse_peers(const std::string& text) {
       throw CLI::ValidationError("--peers", strprintf("unknown peer '%s'; choose from %s", item.c_str(),
                                                       peer_list({std::begin(kAllChurnPeers), std::end(kAllChurnPeers)}).c_str()));
     }
-    if (*peer == ChurnPeer::jemalloc && !jemalloc_available()) {
-      throw CLI::ValidationError("--peers", "jemalloc is not available in this build (libjemalloc not found "
-                                            "at build time, or a sanitizer build)");
+    if (!peer_available(*peer)) {
+      throw CLI::ValidationError("--peers", strprintf("'%s' cannot run in this build (a sanitizer build "
+                                                      "replaces malloc; jemalloc also needs libjemalloc "
+                                                      "at build time)", item.c_str()));
     }
     if (std::ranges::find(peers, *peer) != peers.end()) {
       throw CLI::ValidationError("--peers", strprintf("'%s' is listed twice", item.c_str()));
@@ -133,7 +134,12 @@ void run(const ChurnOptions& options) {
                 "read the ratios.",
                 std::thread::hardware_concurrency(), kernel_release().c_str()),
   };
-  if (!jemalloc_available()) notes.emplace_back("jemalloc: not available in this build.");
+  for (const ChurnPeer peer : kAllChurnPeers) {
+    if (!peer_available(peer)) {
+      notes.push_back(strprintf("%s: not available in this build (sanitizers replace malloc; jemalloc "
+                                "needs libjemalloc at build time).", std::string(peer_name(peer)).c_str()));
+    }
+  }
   emit(report, options.output, notes);
 
   if (!options.output.plot.empty()) {

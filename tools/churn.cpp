@@ -229,12 +229,14 @@ bool peer_returns_memory(ChurnPeer peer) noexcept {
   return peer != ChurnPeer::glibc && peer != ChurnPeer::jemalloc;
 }
 
-bool jemalloc_available() noexcept {
-#if defined(UVMALLOC_JEMALLOC_PATH) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-  return true;
-#else
-  return false;
+bool peer_available(ChurnPeer peer) noexcept {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  if (is_malloc_peer(peer)) return false;
 #endif
+#ifndef UVMALLOC_JEMALLOC_PATH
+  if (peer == ChurnPeer::jemalloc) return false;
+#endif
+  return true;
 }
 
 nlohmann::json to_json(const ChurnRun& run) {

@@ -48,9 +48,11 @@ inline constexpr ChurnPeer kAllChurnPeers[] = {ChurnPeer::vmalloc, ChurnPeer::vm
 [[nodiscard]] std::optional<ChurnPeer> peer_from_name(std::string_view name) noexcept;
 // Whether a freed buffer's pages leave the process (at once or at a purge).
 [[nodiscard]] bool peer_returns_memory(ChurnPeer peer) noexcept;
-// Whether this build can run the jemalloc peer: libjemalloc found at build
-// time, and no sanitizer runtime that insists on coming first.
-[[nodiscard]] bool jemalloc_available() noexcept;
+// Whether this build can run the peer. The malloc peers need the real
+// allocators: a sanitizer build replaces malloc with its own (which ignores
+// mallopt), and its runtime refuses to come after a preloaded jemalloc.
+// jemalloc also needs libjemalloc found at build time.
+[[nodiscard]] bool peer_available(ChurnPeer peer) noexcept;
 
 struct ChurnPlan {
   std::vector<ChurnPeer> peers;
