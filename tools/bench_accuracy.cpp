@@ -379,15 +379,19 @@ void run(const AccuracyOptions& options) {
         [](const ReadError& e) { return e.chunk_percent; });
     std::size_t whole = 0;
     double window = 0;
+    std::uint64_t widest = 0;
     for (const auto& error : errors) {
       whole += error.matches_one_state;
       window += static_cast<double>(error.window);
+      widest = std::max(widest, error.window);
     }
     notes.push_back(strprintf(
         "%s: %.1f%% of reads equal one state the space was in during the read; the state "
-        "changed up to %.1f times during a read on average.",
-        std::string(mode_name(mode)).c_str(), 100.0 * static_cast<double>(whole) / static_cast<double>(errors.size()),
-        window / static_cast<double>(errors.size()) - 1));
+        "changed up to %.1f times during a read on average, %llu times at most.",
+        std::string(mode_name(mode)).c_str(),
+        100.0 * static_cast<double>(whole) / static_cast<double>(errors.size()),
+        window / static_cast<double>(errors.size()) - 1,
+        static_cast<unsigned long long>(widest - 1)));
   }
   notes.insert(notes.begin(),
                strprintf("Error = distance from the nearest true figure during the read; %u "
