@@ -26,7 +26,8 @@ class Category final : public std::error_category {
                "pass the exact address alloc returned, once";
       case errc::bad_options:
         return "bad options: page_size must be a power of two, start and end multiples of it, "
-               "end > start";
+               "end > start; Vmalloc's reserve a multiple of the page size with room for one "
+               "page and its guard";
       case errc::no_space:
         return "no free range fits, even after purging lazily freed areas: free areas, "
                "ask for less, or use a larger space";
