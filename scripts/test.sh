@@ -7,6 +7,10 @@
 #                 the whole suite
 #   4. tsan       ThreadSanitizer in build-tsan/, the tests labelled
 #                 `concurrency`, with tsan.supp (liburcu internals only)
+#   5. fuzz       scripts/fuzz.sh: the VaSpace fuzzer against the reference
+#                 model for FUZZ_SECONDS (default 60), fails on any finding
+#   6. soak       `uvmalloc stress --seconds UVMALLOC_SOAK_SECONDS` (default
+#                 60): mixed workload, invariants and RSS checked
 # and ends with a one-line summary. About 15 to 20 minutes on 2 cores.
 #
 # Environment:
@@ -14,12 +18,14 @@
 #   UVMALLOC_TEST_SCALE=X    multiplies the work of the randomized and stress
 #                            tests (default 1; e.g. 20 for a soak)
 #   UVMALLOC_TEST_PHASES=... the phases to run, e.g. "release tsan"
-#                            (default "release asan tsan"; setup always runs)
+#                            (default "release asan tsan fuzz soak"; setup
+#                            always runs)
+#   FUZZ_SECONDS, UVMALLOC_SOAK_SECONDS  length of the fuzz and soak phases
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jobs=${UVMALLOC_JOBS:-2}
-phases=${UVMALLOC_TEST_PHASES:-release asan tsan}
+phases=${UVMALLOC_TEST_PHASES:-release asan tsan fuzz soak}
 export UVMALLOC_TEST_SCALE=${UVMALLOC_TEST_SCALE:-1}
 
 passed=()
@@ -119,8 +125,19 @@ for phase in $phases; do
         "${tsan_runner[@]}")
       run_tests tsan build-tsan -L concurrency
       ;;
+    fuzz)
+      banner fuzz "libFuzzer (clang-19, ASan+UBSan) against the reference model, ${FUZZ_SECONDS:-60} s"
+      FUZZ_SECONDS=${FUZZ_SECONDS:-60} bash "$root/scripts/fuzz.sh"
+      passed+=(fuzz)
+      ;;
+    soak)
+      banner soak "uvmalloc stress (release build), ${UVMALLOC_SOAK_SECONDS:-60} s"
+      build build-test -DUVMALLOC_SANITIZE=  # a no-op after the release phase
+      "$root/build-test/tools/uvmalloc" stress --seconds "${UVMALLOC_SOAK_SECONDS:-60}"
+      passed+=(soak)
+      ;;
     *)
-      echo "test.sh: unknown phase '$phase' in UVMALLOC_TEST_PHASES (release, asan, tsan)" >&2
+      echo "test.sh: unknown phase '$phase' in UVMALLOC_TEST_PHASES (release, asan, tsan, fuzz, soak)" >&2
       exit 2
       ;;
   esac
