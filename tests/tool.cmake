@@ -14,7 +14,7 @@ if(UVMALLOC_BUILD_TOOLS)
   add_test(NAME tool_demo_finishes COMMAND ${UVMALLOC_TEST_LAUNCHER} $<TARGET_FILE:uvmalloc_tool> demo)
   set_tests_properties(tool_demo_finishes PROPERTIES
     LABELS "tool;slow"
-    ENVIRONMENT "${UVMALLOC_TEST_ENVIRONMENT}"
+    ENVIRONMENT_MODIFICATION "${UVMALLOC_TEST_ENVIRONMENT}"
     TIMEOUT 60  # the demo's promise: under a minute on defaults
     PASS_REGULAR_EXPRESSION "the writer kept [0-9.]+% of its speed when meminfo takes the lock")
 endif()
