@@ -336,7 +336,7 @@ void AreaTree::fix_up_after_insert(PathStep* path, int depth, Node* child, Node*
 }
 
 // Appends child index+1 of `parent` to child index, frees it and drops its slot.
-void AreaTree::merge_or_free(Inner* parent, int index) noexcept {
+void AreaTree::merge_with_next(Inner* parent, int index) noexcept {
   Node* left = parent->child[index];
   Node* right = parent->child[index + 1];
   if (left->leaf) {
@@ -371,12 +371,12 @@ void AreaTree::fix_up_after_erase(PathStep* path, int depth, Node* child) noexce
       // leaving room so the next insert does not split it right away.
       const int room = cap * 3 / 4;
       if (ci > 0 && p->child[ci - 1]->count + child->count <= room) {
-        merge_or_free(p, ci - 1);
+        merge_with_next(p, ci - 1);
         child = p;
         continue;
       }
       if (ci + 1 < p->count && p->child[ci + 1]->count + child->count <= room) {
-        merge_or_free(p, ci);
+        merge_with_next(p, ci);
         child = p;
         continue;
       }

@@ -103,7 +103,6 @@ class AreaTree {
                                                 std::uintptr_t space_end) const noexcept;
 
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
-  [[nodiscard]] int height() const noexcept { return height_; }
 
   // Every area in address order (for invariant checks and tests).
   [[nodiscard]] std::vector<AreaRef> entries() const;
@@ -171,7 +170,7 @@ class AreaTree {
   void fix_up(PathStep* path, int depth, Node* child) noexcept;
   void fix_up_after_insert(PathStep* path, int depth, Node* child, Node* right) noexcept;
   void fix_up_after_erase(PathStep* path, int depth, Node* child) noexcept;
-  void merge_or_free(Inner* parent, int index) noexcept;
+  void merge_with_next(Inner* parent, int index) noexcept;
 
   Leaf* take_leaf() noexcept;
   Inner* take_inner() noexcept;
