@@ -27,7 +27,7 @@ struct Injection {
   std::atomic<int> err{0};
 };
 
-constexpr std::size_t kOsCallKinds = 5;
+constexpr std::size_t kOsCallKinds = 6;
 std::array<Injection, kOsCallKinds> g_injections;
 // Bit k set while kind k is armed; the only thing an unarmed call reads.
 std::atomic<unsigned> g_armed_kinds{0};
@@ -128,6 +128,14 @@ std::error_code populate(void* start, std::size_t bytes) {
 
 std::error_code decommit(void* start, std::size_t bytes) {
   if (const int err = fault::injected_errno(OsCall::decommit)) return errno_code(err);
+  if (::mmap(start, bytes, kReservedProt, kReservedFlags | MAP_FIXED, -1, 0) == MAP_FAILED) {
+    return errno_code(errno);
+  }
+  return {};
+}
+
+std::error_code guard(void* start, std::size_t bytes) {
+  if (const int err = fault::injected_errno(OsCall::guard)) return errno_code(err);
   if (::mmap(start, bytes, kReservedProt, kReservedFlags | MAP_FIXED, -1, 0) == MAP_FAILED) {
     return errno_code(errno);
   }

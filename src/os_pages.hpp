@@ -41,6 +41,11 @@ namespace uvmalloc::os {
 // OsCall::decommit.
 [[nodiscard]] std::error_code decommit(void* start, std::size_t bytes);
 
+// os::guard() - turn committed pages (a reused area's new guard page) back
+// to reserved: the same call as decommit(), its own fault-injection kind so
+// tests can fail it alone. OsCall::guard.
+[[nodiscard]] std::error_code guard(void* start, std::size_t bytes);
+
 // os::uncommit() - undo commit() and populate() on a range nobody has used
 // yet: mprotect(PROT_NONE), then madvise(MADV_DONTNEED) for pages populate
 // faulted in. Unlike decommit() it never needs a new kernel mapping (it only

@@ -14,6 +14,8 @@
 //   decommit   mmap(MAP_FIXED, PROT_NONE, MAP_NORESERVE)    purges (one per merged run)
 //              mprotect(PROT_NONE) + madvise(MADV_DONTNEED) vmalloc() rolling back a failure
 //   release    munmap() of the whole reservation            ~Vmalloc()
+//   guard      mmap(MAP_FIXED, PROT_NONE, MAP_NORESERVE)    vmalloc() cutting a reused area
+//              over one page                                (its new guard page)
 //
 // Thread safety: every function may be called from any thread at any time.
 // Counting is one relaxed fetch_add per call (beside a system call that costs
@@ -27,7 +29,7 @@
 namespace uvmalloc::fault {
 
 // The kinds of system call that can be made to fail (table above).
-enum class OsCall { reserve, commit, populate, decommit, release };
+enum class OsCall { reserve, commit, populate, decommit, release, guard };
 
 // fault::inject()
 // After `skip` further successful calls of kind `call`, the next `count`

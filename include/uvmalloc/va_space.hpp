@@ -74,6 +74,7 @@ struct AreaInfo {
 // Writer-side event counts since create(); read without the lock.
 struct VaSpaceStats {
   std::uint64_t allocs, frees, lazy_frees, purges, purged_areas, failed_allocs;
+  std::uint64_t lazy_reuses;  // successful reuse_lazy() calls (not counted in allocs)
 };
 
 // The kernel's lazy_max_pages(): 32 MiB worth of pages times fls(online CPUs).
@@ -113,9 +114,32 @@ class VaSpace {
   std::error_code free(std::uintptr_t start);
   std::error_code free_lazy(std::uintptr_t start);
 
+  // VaSpace::free_lazy_reusable() is free_lazy(), and until a purge begins on
+  // the area, reuse_lazy() may hand it (or its front part) out again. Only
+  // for an owner whose mapping of the area stays intact until on_purge sees
+  // it: Vmalloc keeps a freed area's pages committed until the purge, so
+  // reusing them skips a page fault per page. The area still counts as
+  // lazily freed (info(), lazy_max_pages, purge) until it is reused.
+  // Errors: invalid_argument unless `start` is the start of a live area.
+  std::error_code free_lazy_reusable(std::uintptr_t start);
+
+  // VaSpace::reuse_lazy() takes back an area freed with free_lazy_reusable()
+  // that no purge has begun on, instead of a fresh one: the smallest such
+  // area of at least round_up(size, page_size) bytes, the most recently freed
+  // among equal sizes. Its first round_up(size, page_size) bytes become a
+  // live area at its start (page aligned); the rest, if any, stays lazily
+  // freed and reusable. Returns the lazily freed area as it was before, so
+  // the owner knows the state of the pages it got back. Never purges.
+  // Errors: invalid_argument (zero_size, size_overflow); not_enough_memory
+  // (no_space) when no reusable area is large enough. Nothing changes on an
+  // error.
+  [[nodiscard]] std::expected<Area, std::error_code> reuse_lazy(std::size_t size);
+
   // VaSpace::purge() hands every lazily freed area to on_purge (merged) and
   // then makes it free. When it returns, every area lazily freed before the
-  // call has been purged.
+  // call has been purged (unless reuse_lazy() took it back first). If
+  // on_purge throws, the batch stays lazily freed, no longer reusable, and
+  // the exception propagates.
   void purge();
 
   // VaSpace::find() - the live area holding addr, if any.

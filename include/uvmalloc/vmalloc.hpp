@@ -17,6 +17,15 @@
 // After purge() returns, every page freed before the call faults when touched
 // and no longer counts in the process's resident memory.
 //
+// Reuse (VmallocOptions::reuse, on by default): until the purge, a freed
+// area's pages are still mapped and resident, so vmalloc first looks for the
+// smallest freed area that fits (VaSpace::reuse_lazy), zeroes the part it
+// hands out with memset and cuts a new guard page after it if the area was
+// larger (one mprotect). Zeroing resident memory costs a fraction of a page
+// fault per page: the kernel zeroes fresh pages too, and adds a trap, page
+// allocation and accounting to each. The purge still gives back whatever
+// nobody took back, so the bound and the guarantee above are unchanged.
+//
 // Thread safety: every method may be called from any thread at any time, with
 // no registration. Allocation and freeing serialise on the VaSpace's writers'
 // lock for the bookkeeping only; the system calls run outside it.
@@ -45,6 +54,12 @@ struct VmallocOptions {
   std::size_t lazy_max_pages = 0;              // 0: the kernel's formula
   bool guard_page = true;                      // one inaccessible page after each area
   bool populate = false;                       // vmalloc(size) pre-faults (VmallocFlags::populate)
+  // vmalloc may take back a freed area whose pages the next purge has not
+  // given back yet (VaSpace::reuse_lazy) and zero it with memset, instead of
+  // faulting in fresh pages: several times faster for buffers that are
+  // written soon (`uvmalloc bench churn`). Resident memory stays bounded by
+  // lazy_max_pages either way. false: every vmalloc takes fresh pages.
+  bool reuse = true;
 };
 
 // Per-call choices for Vmalloc::vmalloc(size, flags).
@@ -74,6 +89,10 @@ struct VmallocStats {
   // it out while quarantined_bytes counts it; the decommit is retried before
   // every vmalloc and purge until it succeeds.
   std::uint64_t decommit_failures, quarantined_bytes;
+  // vmallocs served from freed, not yet purged pages (VmallocOptions::reuse),
+  // and how many of those cut a larger freed area and so made one system
+  // call for the new guard page (an exact fit makes none).
+  std::uint64_t reuses, reuse_splits;
 };
 
 class Vmalloc {
@@ -96,9 +115,12 @@ class Vmalloc {
 
   // Vmalloc::vmalloc()
   // round_up(size, page) bytes, page aligned, zeroed, readable and writable,
-  // at the lowest address of the reservation that fits, followed by a guard
-  // page that faults when touched (unless options.guard_page is false).
-  // vmalloc(size) pre-faults when options.populate is set.
+  // followed by a guard page that faults when touched (unless
+  // options.guard_page is false): a freed, not yet purged area that fits
+  // when options.reuse is set and there is one (its pages are resident),
+  // else fresh pages at the lowest address of the reservation that fits.
+  // vmalloc(size) pre-faults when options.populate is set (reused pages
+  // are resident already).
   // Errors: invalid_argument (zero_size, size_overflow); not_enough_memory
   // when the reservation has no room even after purging (no_space) or the
   // kernel refuses the pages (os_refused). On an error nothing is left
