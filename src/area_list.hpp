@@ -69,6 +69,21 @@ class AreaList {
     p->next.store(node, std::memory_order_release);
   }
 
+  // Puts `first` and `second` (in this order, not yet linked) where `old`
+  // is, in one release store: a reader sees either old or both. Their starts
+  // must lie strictly between old's predecessor's and successor's, first's
+  // below second's. old's own next stays intact for readers on it. Lock held.
+  void replace_locked(AreaNode* old, AreaNode* first, AreaNode* second) noexcept {
+    AreaNode* succ = old->next.load(std::memory_order_relaxed);
+    second->next.store(succ, std::memory_order_relaxed);
+    second->prev = first;
+    first->next.store(second, std::memory_order_relaxed);
+    first->prev = old->prev;
+    if (succ) succ->prev = second;
+    // Release: a reader that sees first also sees both nodes' fields and links.
+    old->prev->next.store(first, std::memory_order_release);
+  }
+
   // Unlinks `node`; its own next stays intact for readers on it. Lock held.
   void remove_locked(AreaNode* node) noexcept {
     AreaNode* succ = node->next.load(std::memory_order_relaxed);

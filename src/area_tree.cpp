@@ -498,6 +498,24 @@ std::optional<AreaRef> AreaTree::mark_lazy(std::uintptr_t start) noexcept {
   return ref;
 }
 
+std::optional<AreaRef> AreaTree::reshape(std::uintptr_t start, std::uintptr_t new_end,
+                                         AreaNode* node, bool live) noexcept {
+  PathStep path[kMaxHeight];
+  int depth = 0, pos = 0;
+  Leaf* leaf = find_exact(start, path, &depth, &pos);
+  if (!leaf || new_end <= start || new_end > leaf->end[pos]) return std::nullopt;
+  const AreaRef ref = ref_at(leaf, pos);
+  leaf->end[pos] = new_end;
+  leaf->area[pos] = node;
+  if (live) {
+    leaf->live_mask |= std::uint32_t{1} << pos;
+  } else {
+    leaf->live_mask &= ~(std::uint32_t{1} << pos);
+  }
+  fix_up(path, depth, leaf);
+  return ref;
+}
+
 std::optional<AreaRef> AreaTree::containing(std::uintptr_t addr) const noexcept {
   if (!root_ || addr < root_summary_.lo || addr >= root_summary_.hi) return std::nullopt;
   const Node* n = root_;

@@ -5,10 +5,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <cstring>
 
 #include "uvmalloc/fault_injection.hpp"
 
@@ -152,6 +154,35 @@ std::error_code uncommit(void* start, std::size_t bytes) {
 void discard(void* start, std::size_t bytes) noexcept {
   // Nothing to do on failure: the caller already treats the range as unusable.
   (void)::madvise(start, bytes, MADV_DONTNEED);
+}
+
+void zero(void* start, std::size_t bytes) noexcept {
+  const std::size_t page = page_size();
+  constexpr std::size_t kChunkPages = 4096;  // one mincore() call's worth
+  std::array<unsigned char, kChunkPages> resident{};
+  auto* const base = static_cast<unsigned char*>(start);
+  for (std::size_t done = 0; done < bytes;) {
+    const std::size_t chunk = std::min(bytes - done, kChunkPages * page);
+    unsigned char* const at = base + done;
+    const std::size_t pages = chunk / page;
+    if (::mincore(at, chunk, resident.data()) != 0) {
+      std::memset(at, 0, chunk);
+      done += chunk;
+      continue;
+    }
+    for (std::size_t i = 0; i < pages;) {
+      const bool present = resident[i] & 1;
+      std::size_t j = i + 1;
+      while (j < pages && (resident[j] & 1) == present) ++j;
+      unsigned char* const run = at + i * page;
+      const std::size_t run_bytes = (j - i) * page;
+      if (present || j - i < kDropRunPages || ::madvise(run, run_bytes, MADV_DONTNEED) != 0) {
+        std::memset(run, 0, run_bytes);
+      }
+      i = j;
+    }
+    done += chunk;
+  }
 }
 
 std::error_code release(void* start, std::size_t bytes) {

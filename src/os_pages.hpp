@@ -60,6 +60,16 @@ namespace uvmalloc::os {
 // an injectable call.
 void discard(void* start, std::size_t bytes) noexcept;
 
+// os::zero() - make committed pages read as zero without making more of
+// them resident: mincore() tells which pages are resident; those are zeroed
+// with memset (far cheaper than the page fault a fresh page costs), runs of
+// at least kDropRunPages absent pages are dropped with MADV_DONTNEED (a page
+// in swap must not come back; an absent page costs nothing to drop), shorter
+// absent runs are memset too. Should mincore or madvise fail, it memsets the
+// range. Not an injectable call: it cannot fail.
+inline constexpr std::size_t kDropRunPages = 16;
+void zero(void* start, std::size_t bytes) noexcept;
+
 // os::release() - give the address space back (munmap). OsCall::release.
 [[nodiscard]] std::error_code release(void* start, std::size_t bytes);
 

@@ -7,7 +7,7 @@
 //               largest live gap); never read without the lock;
 //   list        every insertion and removal (readers walk it under RCU);
 //   pool        node allocation and retirement;
-//   lazy_head, lazy_pages, lazy_count, purging_count, used;
+//   lazy_head, reusable, lazy_pages, lazy_count, purging_count, used;
 //   the writer side of `published` (a seqlock).
 // purge_lock (std::mutex, vmap_purge_lock's twin) serialises purges. Order:
 //   purge_lock, then lock. on_purge runs with purge_lock held and lock not
@@ -38,7 +38,9 @@
 #include <bit>
 #include <cinttypes>
 #include <cstdio>
+#include <map>
 #include <mutex>
+#include <new>
 #include <vector>
 
 #include "area_list.hpp"
@@ -173,6 +175,8 @@ struct VaSpace::Impl {
   // a vfree never waits for someone else's unmapping).
   void purge(bool blocking);
 
+  std::error_code free_lazy(std::uintptr_t start, bool reusable);
+
   const VaSpaceOptions options;
   const std::size_t lazy_max;  // pages
 
@@ -180,9 +184,13 @@ struct VaSpace::Impl {
   AreaTree tree;                 // lock
   AreaList list;                 // updates: lock; walks: RCU or lock
   NodePool pool;                 // lock
-  AreaNode* lazy_head = nullptr;  // lock; lazily freed, not yet being purged
-  std::size_t lazy_pages = 0;    // lock; pages on lazy_head
-  std::size_t lazy_count = 0;    // lock; areas on lazy_head
+  // Lazily freed areas not yet being purged are on exactly one of these two:
+  AreaNode* lazy_head = nullptr;  // lock; freed with free_lazy
+  // lock; freed with free_lazy_reusable (or left by a reuse_lazy cut), by
+  // size in bytes; among equal sizes the most recently added comes first.
+  std::multimap<std::size_t, AreaNode*> reusable;
+  std::size_t lazy_pages = 0;    // lock; pages on lazy_head and in reusable
+  std::size_t lazy_count = 0;    // lock; areas on lazy_head and in reusable
   std::size_t purging_count = 0;  // lock; taken off lazy_head by a running purge
   std::size_t used = 0;          // lock; bytes in live areas
   std::mutex purge_lock;
@@ -191,7 +199,7 @@ struct VaSpace::Impl {
 
   // Event counters: written under the lock, read anywhere (relaxed).
   std::atomic<std::uint64_t> allocs{0}, frees{0}, lazy_frees{0}, purges{0}, purged_areas{0},
-      failed_allocs{0};
+      failed_allocs{0}, lazy_reuses{0};
 };
 
 /*** fork ***/
@@ -249,9 +257,15 @@ void VaSpace::Impl::purge(bool blocking) {
   std::vector<Area> ranges;
   {
     std::lock_guard<std::mutex> g(lock);
-    if (!lazy_head) return;
+    if (lazy_count == 0) return;
     ranges.reserve(lazy_count);  // may throw: nothing changed yet
+    // From here on no reuse_lazy() can take these areas back.
     batch = lazy_head;
+    for (const auto& entry : reusable) {
+      entry.second->lazy_next = batch;
+      batch = entry.second;
+    }
+    reusable.clear();
     for (AreaNode* n = batch; n; n = n->lazy_next) ranges.push_back({n->start, n->end});
     batch_pages = lazy_pages;
     batch_count = lazy_count;
@@ -276,7 +290,8 @@ void VaSpace::Impl::purge(bool blocking) {
   try {
     if (options.on_purge) options.on_purge(std::span<const Area>(ranges));
   } catch (...) {
-    // The ranges may still be mapped: keep them lazily freed and unusable.
+    // The ranges may still be mapped, or half given back: keep them lazily
+    // freed and unusable, and no longer reusable (their state is unknown).
     std::lock_guard<std::mutex> g(lock);
     AreaNode* tail = batch;
     while (tail->lazy_next) tail = tail->lazy_next;
@@ -369,25 +384,98 @@ std::error_code VaSpace::free(std::uintptr_t start) {
 }
 
 std::error_code VaSpace::free_lazy(std::uintptr_t start) {
-  Impl& s = *impl_;
+  return impl_->free_lazy(start, /*reusable=*/false);
+}
+
+std::error_code VaSpace::free_lazy_reusable(std::uintptr_t start) {
+  return impl_->free_lazy(start, /*reusable=*/true);
+}
+
+std::error_code VaSpace::Impl::free_lazy(std::uintptr_t start, bool reusable_area) {
   bool over_limit;
   {
-    std::lock_guard<std::mutex> g(s.lock);
-    const auto ref = s.tree.mark_lazy(start);
+    std::lock_guard<std::mutex> g(lock);
+    const auto ref = tree.mark_lazy(start);
     if (!ref) return make_error_code(errc::not_an_area);
     AreaNode* node = ref->node;
+    const std::size_t bytes = ref->end - ref->start;
     node->flags.store(AreaNode::kLazy, std::memory_order_relaxed);
-    node->lazy_next = s.lazy_head;
-    s.lazy_head = node;
-    s.lazy_pages += (ref->end - ref->start) / s.options.page_size;
-    ++s.lazy_count;
-    s.used -= ref->end - ref->start;
-    Impl::count(s.lazy_frees);
-    s.publish_locked();
-    over_limit = s.lazy_pages > s.lazy_max;
+    bool indexed = false;
+    if (reusable_area) {
+      try {
+        // emplace_hint before the first equal key: most recent first.
+        reusable.emplace_hint(reusable.lower_bound(bytes), bytes, node);
+        indexed = true;
+      } catch (const std::bad_alloc&) {
+        // Out of memory for the index: the area is freed all the same,
+        // just never reused.
+      }
+    }
+    if (!indexed) {
+      node->lazy_next = lazy_head;
+      lazy_head = node;
+    }
+    lazy_pages += bytes / options.page_size;
+    ++lazy_count;
+    used -= bytes;
+    count(lazy_frees);
+    publish_locked();
+    over_limit = lazy_pages > lazy_max;
   }
-  if (over_limit) s.purge(/*blocking=*/false);
+  if (over_limit) purge(/*blocking=*/false);
   return {};
+}
+
+std::expected<Area, std::error_code> VaSpace::reuse_lazy(std::size_t size) {
+  Impl& s = *impl_;
+  const std::size_t page = s.options.page_size;
+  if (size == 0) return std::unexpected(make_error_code(errc::zero_size));
+  if (size > SIZE_MAX - (page - 1)) return std::unexpected(make_error_code(errc::size_overflow));
+  const std::size_t bytes = (size + page - 1) & ~(page - 1);
+  std::lock_guard<std::mutex> g(s.lock);
+  const auto it = s.reusable.lower_bound(bytes);  // smallest fit, most recent
+  if (it == s.reusable.end()) return std::unexpected(make_error_code(errc::no_space));
+  AreaNode* const old = it->second;
+  const Area was{old->start, old->end};
+  if (was.end - was.start == bytes) {
+    // Exact fit: the same node turns live again; readers see its flag flip.
+    s.reusable.erase(it);
+    s.tree.reshape(was.start, was.end, old, /*live=*/true);
+    old->flags.store(0, std::memory_order_relaxed);
+    --s.lazy_count;
+  } else {
+    // Cut: [start, start + bytes) live, the rest stays lazily freed and
+    // reusable. Node starts and ends never change while readers may see a
+    // node, so two new nodes replace the old one. Everything that can throw
+    // comes first, while nothing has changed.
+    s.tree.reserve_for_insert();
+    AreaNode* const live = s.pool.get_locked();
+    AreaNode* rest = nullptr;
+    const std::size_t rest_bytes = was.end - was.start - bytes;
+    try {
+      rest = s.pool.get_locked();
+      s.reusable.emplace_hint(s.reusable.lower_bound(rest_bytes), rest_bytes, rest);
+    } catch (...) {
+      s.pool.retire_locked(live);  // never published; reused after a grace period
+      if (rest) s.pool.retire_locked(rest);
+      throw;
+    }
+    s.reusable.erase(it);
+    live->start = was.start;
+    live->end = was.start + bytes;
+    rest->start = was.start + bytes;
+    rest->end = was.end;
+    rest->flags.store(AreaNode::kLazy, std::memory_order_relaxed);
+    s.tree.reshape(was.start, live->end, live, /*live=*/true);
+    s.tree.insert(rest->start, rest->end, rest, /*live=*/false);
+    s.list.replace_locked(old, live, rest);
+    s.pool.retire_locked(old);
+  }
+  s.lazy_pages -= bytes / page;
+  s.used += bytes;
+  Impl::count(s.lazy_reuses);
+  s.publish_locked();
+  return was;
 }
 
 void VaSpace::purge() { impl_->purge(/*blocking=*/true); }
@@ -460,7 +548,7 @@ VaSpaceStats VaSpace::stats() const noexcept {
   const Impl& s = *impl_;
   auto r = [](const std::atomic<std::uint64_t>& c) { return c.load(std::memory_order_relaxed); };
   return {r(s.allocs), r(s.frees), r(s.lazy_frees), r(s.purges), r(s.purged_areas),
-          r(s.failed_allocs)};
+          r(s.failed_allocs), r(s.lazy_reuses)};
 }
 
 std::string VaSpace::check_invariants() const {
@@ -492,6 +580,12 @@ std::string VaSpace::check_invariants() const {
     if (!l->lazy()) return "live area on the lazy list";
     ++lazy_listed;
     lazy_pages += (l->end - l->start) / page;
+  }
+  for (const auto& [bytes, l] : s.reusable) {
+    if (!l->lazy()) return "live area in the reusable index";
+    if (l->end - l->start != bytes) return "reusable index key differs from the area's size";
+    ++lazy_listed;
+    lazy_pages += bytes / page;
   }
   if (lazy_listed != s.lazy_count || lazy_pages != s.lazy_pages) {
     return "lazy counters differ from the lazy list";

@@ -12,8 +12,19 @@
 // (PROT_NONE, no pages), except runs in quarantined_runs. It holds because
 // the reservation starts reserved, a purge decommits every run before VaSpace
 // makes it free (on_purge runs first), and a roll-back uncommits before it
-// frees. That is why vmalloc needs no memset: a committed page that was
+// frees. That is why a fresh area needs no memset: a committed page that was
 // reserved reads as zero, the kernel's fresh anonymous page.
+//
+// Reuse (options.reuse): vfree frees with free_lazy_reusable, so until the
+// purge begins VaSpace::reuse_lazy may hand the area back. Invariant: every
+// reusable lazily freed area is its committed pages followed by one reserved
+// guard page (or committed pages only, without guard pages). vfree keeps it
+// (the area was handed out that way); a cut keeps it for both pieces because
+// vmalloc reserves the new guard page right after the part it hands out
+// (os::guard) before anything else can happen to it, and the rest ends in
+// the old guard page. If that call fails, the cut piece is freed with plain
+// free_lazy (never reused) and vmalloc takes fresh pages. Reused pages hold
+// the last owner's data: os::zero clears them.
 //
 // Concurrency:
 // * VaSpace's writers' lock guards the areas (inside VaSpace). The system
@@ -81,6 +92,8 @@ struct Vmalloc::Impl {
   }
 
   [[nodiscard]] std::expected<void*, std::error_code> vmalloc(std::size_t size, VmallocFlags flags);
+  // A reusable freed area for the request, zeroed, or nullptr.
+  [[nodiscard]] void* reuse(std::size_t usable_bytes, std::size_t area_bytes);
   [[nodiscard]] std::error_code vfree(void* p);
   void purge();
 
@@ -110,6 +123,8 @@ struct Vmalloc::Impl {
   std::atomic<std::uint64_t> unmapped_bytes{0};
   std::atomic<std::uint64_t> decommit_failures{0};
   std::atomic<std::uint64_t> quarantined_bytes{0};
+  std::atomic<std::uint64_t> reuses{0};
+  std::atomic<std::uint64_t> reuse_splits{0};
 
   std::atomic<bool> quarantine_active{false};  // runs or holders not empty
   std::mutex quarantine_mutex;
@@ -134,6 +149,9 @@ std::expected<void*, std::error_code> Vmalloc::Impl::vmalloc(std::size_t size, V
   const std::size_t area_bytes = usable_bytes + guard_bytes;
 
   if (quarantine_active.load(std::memory_order_relaxed)) retry_quarantine();
+  if (options.reuse) {
+    if (void* const reused = reuse(usable_bytes, area_bytes)) return reused;
+  }
   Area area{};
   for (;;) {
     auto start = space->alloc(area_bytes, page_size);
@@ -153,6 +171,27 @@ std::expected<void*, std::error_code> Vmalloc::Impl::vmalloc(std::size_t size, V
     roll_back(area, usable_bytes);
     return std::unexpected(make_error_code(errc::os_refused));
   }
+  areas_live.fetch_add(1, std::memory_order_relaxed);
+  bytes_live.fetch_add(usable_bytes, std::memory_order_relaxed);
+  return pointer;
+}
+
+void* Vmalloc::Impl::reuse(std::size_t usable_bytes, std::size_t area_bytes) {
+  const auto taken = space->reuse_lazy(area_bytes);
+  if (!taken) return nullptr;  // nothing reusable fits: fresh pages
+  const Area& was = *taken;
+  void* const pointer = as_pointer(was.start);
+  if (size_of(was) != area_bytes) {
+    reuse_splits.fetch_add(1, std::memory_order_relaxed);
+    if (guard_bytes != 0 && os::guard(as_pointer(was.start + usable_bytes), guard_bytes)) {
+      // No guard after the piece: never hand it out, never reuse it; the
+      // next purge decommits it whatever state it is in.
+      must_succeed(space->free_lazy(was.start), "lazy free of a piece without its guard");
+      return nullptr;
+    }
+  }
+  os::zero(pointer, usable_bytes);
+  reuses.fetch_add(1, std::memory_order_relaxed);
   areas_live.fetch_add(1, std::memory_order_relaxed);
   bytes_live.fetch_add(usable_bytes, std::memory_order_relaxed);
   return pointer;
@@ -183,7 +222,9 @@ std::error_code Vmalloc::Impl::vfree(void* p) {
   if (quarantine_active.load(std::memory_order_relaxed) && is_quarantine_holder(start)) {
     return make_error_code(errc::not_an_area);
   }
-  if (std::error_code ec = space->free_lazy(start)) return ec;
+  if (std::error_code ec = options.reuse ? space->free_lazy_reusable(start) : space->free_lazy(start)) {
+    return ec;
+  }
   areas_live.fetch_sub(1, std::memory_order_relaxed);
   bytes_live.fetch_sub(size_of(*area) - guard_bytes, std::memory_order_relaxed);
   return {};
@@ -319,6 +360,8 @@ VmallocStats Vmalloc::stats() const noexcept {
       .unmapped_bytes = impl.unmapped_bytes.load(std::memory_order_relaxed),
       .decommit_failures = impl.decommit_failures.load(std::memory_order_relaxed),
       .quarantined_bytes = impl.quarantined_bytes.load(std::memory_order_relaxed),
+      .reuses = impl.reuses.load(std::memory_order_relaxed),
+      .reuse_splits = impl.reuse_splits.load(std::memory_order_relaxed),
   };
 }
 

@@ -20,11 +20,14 @@
 // Reuse (VmallocOptions::reuse, on by default): until the purge, a freed
 // area's pages are still mapped and resident, so vmalloc first looks for the
 // smallest freed area that fits (VaSpace::reuse_lazy), zeroes the part it
-// hands out with memset and cuts a new guard page after it if the area was
-// larger (one mprotect). Zeroing resident memory costs a fraction of a page
-// fault per page: the kernel zeroes fresh pages too, and adds a trap, page
-// allocation and accounting to each. The purge still gives back whatever
-// nobody took back, so the bound and the guarantee above are unchanged.
+// hands out and cuts a new guard page after it if the area was larger (one
+// mmap of that page). Zeroing asks the kernel which pages are resident
+// (mincore): those are cleared with memset, which costs a fraction of a page
+// fault per page (the kernel zeroes fresh pages too, and adds a trap, page
+// allocation and accounting to each); long runs of absent pages are dropped
+// with MADV_DONTNEED instead, so reuse never makes more memory resident than
+// the last owner did. The purge still gives back whatever nobody took back,
+// so the bound and the guarantee above are unchanged.
 //
 // Thread safety: every method may be called from any thread at any time, with
 // no registration. Allocation and freeing serialise on the VaSpace's writers'
@@ -90,8 +93,8 @@ struct VmallocStats {
   // every vmalloc and purge until it succeeds.
   std::uint64_t decommit_failures, quarantined_bytes;
   // vmallocs served from freed, not yet purged pages (VmallocOptions::reuse),
-  // and how many of those cut a larger freed area and so made one system
-  // call for the new guard page (an exact fit makes none).
+  // and how many of those cut a larger freed area: with guard pages each cut
+  // makes one system call for the new guard page (an exact fit makes none).
   std::uint64_t reuses, reuse_splits;
 };
 
