@@ -122,7 +122,9 @@ void run(const ChurnOptions& options) {
                 "x columns are medians of per-repeat ratios at the same thread count.",
                 plan.repeats, plan.seconds),
       strprintf("vmalloc frees lazily: freed pages stay resident until they pass lazy_max_pages "
-                "(%s here), then one purge decommits them, one call per run of adjacent buffers.",
+                "(%s here), then one purge decommits them, one call per run of adjacent buffers. "
+                "Until then vmalloc reuses them (zeroed); vmalloc_fresh and vmalloc_populate "
+                "take fresh pages every time (VmallocOptions::reuse off).",
                 format_cell(static_cast<std::int64_t>(lazy_max_bytes), Format::bytes).c_str()),
       "peak RSS = VmHWM over the loop (reset at its start); RSS growth = peak - resident at the start.",
       "CPU/op = user + system time of the run's process per op: less sensitive than ops/s to other "

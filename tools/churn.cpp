@@ -40,8 +40,9 @@ namespace {
 
 constexpr std::size_t kPageBytes = 4096;
 
-constexpr std::array<std::pair<ChurnPeer, std::string_view>, 6> kPeerNames = {{
+constexpr std::array<std::pair<ChurnPeer, std::string_view>, 7> kPeerNames = {{
     {ChurnPeer::vmalloc, "vmalloc"},
+    {ChurnPeer::vmalloc_fresh, "vmalloc_fresh"},
     {ChurnPeer::vmalloc_populate, "vmalloc_populate"},
     {ChurnPeer::mmap, "mmap"},
     {ChurnPeer::glibc_128k, "glibc_128k"},
@@ -110,9 +111,11 @@ ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, const ChurnPlan& plan
   Buffers buffers;
   switch (peer) {
     case ChurnPeer::vmalloc:
+    case ChurnPeer::vmalloc_fresh:
     case ChurnPeer::vmalloc_populate: {
       VmallocOptions options;
       options.lazy_max_pages = plan.lazy_max_pages;
+      options.reuse = peer == ChurnPeer::vmalloc;
       auto created = Vmalloc::create(options);
       if (!created) throw std::runtime_error("Vmalloc::create: " + created.error().message());
       vm = std::move(*created);

@@ -5,8 +5,10 @@
 // (or the range asked for), write one byte to every page, give the buffer
 // back. The peers:
 //
-//   vmalloc           Vmalloc::vmalloc / vfree: lazy, one decommit per merged run
-//   vmalloc_populate  the same with VmallocFlags::populate (pre-faulted)
+//   vmalloc           Vmalloc::vmalloc / vfree on defaults: lazy, one decommit
+//                     per merged run, freed areas reused until the purge
+//   vmalloc_fresh     the same with VmallocOptions::reuse off: fresh pages
+//   vmalloc_populate  vmalloc_fresh with VmallocFlags::populate (pre-faulted)
 //   mmap              mmap + munmap per buffer: gives memory back at once
 //   glibc_128k        glibc malloc with M_MMAP_THRESHOLD fixed at 128 KiB:
 //                     buffers from 128 KiB up are mmap'd and munmap'd
@@ -37,11 +39,11 @@
 
 namespace uvmalloc::tool {
 
-enum class ChurnPeer { vmalloc, vmalloc_populate, mmap, glibc_128k, glibc, jemalloc };
+enum class ChurnPeer { vmalloc, vmalloc_fresh, vmalloc_populate, mmap, glibc_128k, glibc, jemalloc };
 
-inline constexpr ChurnPeer kAllChurnPeers[] = {ChurnPeer::vmalloc, ChurnPeer::vmalloc_populate,
-                                               ChurnPeer::mmap,    ChurnPeer::glibc_128k,
-                                               ChurnPeer::glibc,   ChurnPeer::jemalloc};
+inline constexpr ChurnPeer kAllChurnPeers[] = {
+    ChurnPeer::vmalloc,    ChurnPeer::vmalloc_fresh, ChurnPeer::vmalloc_populate, ChurnPeer::mmap,
+    ChurnPeer::glibc_128k, ChurnPeer::glibc,         ChurnPeer::jemalloc};
 
 
 [[nodiscard]] std::string_view peer_name(ChurnPeer peer) noexcept;
