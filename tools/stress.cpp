@@ -127,6 +127,7 @@ struct WriterRecord {
   std::vector<OwnedArea> areas;
   std::vector<OwnedBuffer> buffers;
   std::uint64_t allocs = 0, no_space = 0, frees = 0, lazy_frees = 0, purges = 0, bad_calls = 0;
+  std::uint64_t reuses = 0, reuse_misses = 0;
   std::uint64_t vmallocs = 0, refused = 0, vfrees = 0;
 };
 
@@ -191,6 +192,7 @@ class Writer {
   void alloc_area() {
     if (r_.areas.size() >= kMaxAreasPerWriter) return free_area();
     const std::size_t size = (1 + rng_() % 16) * kSpacePage - rng_() % 3;
+    if (rng_() % 4 == 0) return reuse_area(size);
     const std::size_t align = std::size_t{1} << (rng_() % 18);  // up to 32 pages
     const std::uintptr_t end = s_.space.options().end;
     std::uintptr_t vstart = kSpaceStart, vend = end;
@@ -219,16 +221,42 @@ class Writer {
     r_.areas.push_back({*a, *a + rounded});
   }
 
+  // Takes back an area freed with free_lazy_reusable, by any writer.
+  void reuse_area(std::size_t size) {
+    const auto was = s_.space.reuse_lazy(size);
+    if (!was) {
+      if (is_error(was.error(), errc::no_space)) {
+        ++r_.reuse_misses;
+        return;
+      }
+      return s_.violations.report("VaSpace::reuse_lazy(" + std::to_string(size) + ") failed: " +
+                                  was.error().message());
+    }
+    ++r_.reuses;
+    const std::size_t rounded = (size + kSpacePage - 1) / kSpacePage * kSpacePage;
+    if (was->end - was->start < rounded || was->start % kSpacePage != 0)
+      s_.violations.report("reuse_lazy(" + std::to_string(size) + ") took [" + hex(was->start) + ", " +
+                           hex(was->end) + "), too small or misaligned");
+    const auto found = s_.space.find(was->start + rounded - 1);
+    if (!found || found->start != was->start || found->end != was->start + rounded)
+      s_.violations.report("find() does not return the area just reused at " + hex(was->start));
+    r_.areas.push_back({was->start, was->start + rounded});
+  }
+
   void free_area() {
     if (r_.areas.empty()) return alloc_area();
     const std::size_t i = rng_() % r_.areas.size();
     const OwnedArea area = r_.areas[i];
     r_.areas[i] = r_.areas.back();
     r_.areas.pop_back();
-    const bool lazy = rng_() % 2 != 0;
-    if (const std::error_code ec = lazy ? s_.space.free_lazy(area.start) : s_.space.free(area.start))
-      return s_.violations.report(std::string(lazy ? "free_lazy(" : "free(") + hex(area.start) +
-                                  ") of an owned area failed: " + ec.message());
+    const unsigned how = rng_() % 3;  // free, free_lazy, free_lazy_reusable
+    const bool lazy = how != 0;
+    const std::error_code ec = how == 0   ? s_.space.free(area.start)
+                               : how == 1 ? s_.space.free_lazy(area.start)
+                                          : s_.space.free_lazy_reusable(area.start);
+    if (ec)
+      return s_.violations.report(std::string(how == 0 ? "free(" : how == 1 ? "free_lazy(" : "free_lazy_reusable(") +
+                                  hex(area.start) + ") of an owned area failed: " + ec.message());
     ++(lazy ? r_.lazy_frees : r_.frees);
   }
 
@@ -248,7 +276,12 @@ class Writer {
     }
     ++r_.vmallocs;
     auto* bytes = static_cast<unsigned char*>(*p);
-    if (bytes[0] != 0 || bytes[size / 2] != 0 || bytes[size - 1] != 0)
+    // Buffers start on a page and tags sit at start, middle and end, so a
+    // reused buffer that kept an old tag shows it at some page's first byte,
+    // at this middle or at this end.
+    bool zero = bytes[size / 2] == 0 && bytes[size - 1] == 0;
+    for (std::size_t offset = 0; zero && offset < size; offset += s_.heap_page) zero = bytes[offset] == 0;
+    if (!zero)
       s_.violations.report("vmalloc returned memory that is not zero at " + hex(reinterpret_cast<std::uintptr_t>(bytes)));
     const auto tag = static_cast<unsigned char>(1 + rng_() % 255);
     bytes[0] = bytes[size / 2] = bytes[size - 1] = tag;
@@ -490,9 +523,9 @@ void inject_faults_until_stopped(const std::atomic<bool>& stop, std::atomic<std:
                                  std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   constexpr fault::OsCall kinds[] = {fault::OsCall::commit, fault::OsCall::populate,
-                                     fault::OsCall::decommit};
+                                     fault::OsCall::decommit, fault::OsCall::guard};
   while (!stop.load(std::memory_order_relaxed)) {
-    fault::inject(kinds[rng() % 3], static_cast<unsigned>(rng() % 8), 1, rng() % 2 ? ENOMEM : EAGAIN);
+    fault::inject(kinds[rng() % std::size(kinds)], static_cast<unsigned>(rng() % 8), 1, rng() % 2 ? ENOMEM : EAGAIN);
     armed.fetch_add(1, std::memory_order_relaxed);
     std::this_thread::sleep_for(std::chrono::milliseconds(2 + rng() % 8));
   }
@@ -589,6 +622,8 @@ void run(const StressOptions& options) {
     total.no_space += r.no_space;
     total.frees += r.frees;
     total.lazy_frees += r.lazy_frees;
+    total.reuses += r.reuses;
+    total.reuse_misses += r.reuse_misses;
     total.purges += r.purges;
     total.bad_calls += r.bad_calls;
     total.vmallocs += r.vmallocs;
@@ -613,9 +648,11 @@ void run(const StressOptions& options) {
         {"seed", options.seed},
         {"faults", options.faults},
         {"va_space", {{"allocs", total.allocs}, {"no_space", total.no_space}, {"frees", total.frees},
-                      {"lazy_frees", total.lazy_frees}, {"purges", space_stats.purges},
+                      {"lazy_frees", total.lazy_frees}, {"reuses", total.reuses},
+                      {"reuse_misses", total.reuse_misses}, {"purges", space_stats.purges},
                       {"bad_calls", total.bad_calls}}},
-        {"vmalloc", {{"vmallocs", total.vmallocs}, {"refused", total.refused}, {"vfrees", total.vfrees},
+        {"vmalloc", {{"vmallocs", total.vmallocs}, {"reused", heap_stats.reuses},
+                     {"refused", total.refused}, {"vfrees", total.vfrees},
                      {"purges", heap_stats.purges}, {"unmap_calls", heap_stats.unmap_calls},
                      {"decommit_failures", heap_stats.decommit_failures}}},
         {"reader_calls", reads.load(std::memory_order_relaxed)},
@@ -636,9 +673,10 @@ void run(const StressOptions& options) {
                            options.faults ? ", kernel faults injected" : "")
               << "  VaSpace   " << n(total.allocs) << " allocs (" << n(total.no_space) << " no_space), "
               << n(total.frees) << " frees, " << n(total.lazy_frees) << " lazy frees, "
+              << n(total.reuses) << " reuses (" << n(total.reuse_misses) << " found none), "
               << n(space_stats.purges) << " purges, " << n(total.bad_calls) << " bad calls refused\n"
-              << "  Vmalloc   " << n(total.vmallocs) << " vmallocs (" << n(total.refused)
-              << " refused by the kernel), " << n(total.vfrees) << " vfrees, " << n(heap_stats.purges)
+ << "  Vmalloc   " << n(total.vmallocs) << " vmallocs (" << n(heap_stats.reuses) << " reused, "
+              << n(total.refused) << " refused by the kernel), " << n(total.vfrees) << " vfrees, " << n(heap_stats.purges)
               << " purges in " << n(heap_stats.unmap_calls) << " calls, "
               << n(heap_stats.decommit_failures) << " decommit failures\n"
               << "  readers   " << n(reads.load(std::memory_order_relaxed))
@@ -646,7 +684,7 @@ void run(const StressOptions& options) {
               << "  checks    " << n(checks) << " with the writers paused, one more after the run\n";
     if (options.faults)
       std::cout << "  faults    " << n(faults_armed.load(std::memory_order_relaxed))
-                << " failures armed (mprotect, madvise, decommit)\n";
+                << " failures armed (mprotect, madvise, decommit, guard)\n";
     std::cout << "  RSS       start " << mib(trend.start) << ", peak " << mib(trend.peak) << ", end "
               << mib(trend.end) << "; max of the middle third " << mib(trend.middle_max)
               << ", of the last third " << mib(trend.last_max) << "; after freeing all "
@@ -692,7 +730,7 @@ void register_stress(CLI::App& root) {
       ->default_str("1")
       ->type_name("N");
   sub->add_flag("--faults", options->faults,
-                "Make random mprotect/madvise/decommit calls fail (fault injection) throughout");
+                "Make random mprotect/madvise/decommit/guard calls fail (fault injection) throughout");
   sub->add_flag("--json", options->json, "Print the summary as one JSON object");
   sub->callback([options] { run(*options); });
 }
