@@ -74,6 +74,13 @@ enum Event {
   free_lazy_ok,
   free_not_an_area,
   free_lazy_not_an_area,
+  free_lazy_reusable_ok,
+  free_lazy_reusable_not_an_area,
+  reuse_exact_fit,
+  reuse_split,
+  reuse_zero_size,
+  reuse_size_overflow,
+  reuse_no_space,
   purge_explicit,
   purge_lazy_limit,
   purge_alloc_retry,
@@ -86,6 +93,8 @@ constexpr std::array<const char*, kEventCount> kEventNames = {
     "alloc_ok",          "alloc_in_range_ok",  "alloc_ok_after_purge", "alloc_zero_size",
     "alloc_bad_alignment", "alloc_bad_range",  "alloc_size_overflow",  "alloc_no_space",
     "free_ok",           "free_lazy_ok",       "free_not_an_area",     "free_lazy_not_an_area",
+    "free_lazy_reusable_ok", "free_lazy_reusable_not_an_area", "reuse_exact_fit", "reuse_split",
+    "reuse_zero_size",   "reuse_size_overflow", "reuse_no_space",
     "purge_explicit",    "purge_lazy_limit",   "purge_alloc_retry",    "find_live",
     "find_lazy",         "find_nothing",
 };
@@ -96,6 +105,13 @@ std::string describe_result(const std::expected<std::uintptr_t, std::error_code>
 }
 std::string describe_result(const std::expected<std::uintptr_t, errc>& result) {
   return result ? hex(*result) : "error " + make_error_code(result.error()).message();
+}
+std::string describe_result(const std::expected<Area, std::error_code>& result) {
+  return result ? describe(std::optional<Area>(*result)) : "error " + result.error().message();
+}
+std::string describe_result(const std::expected<Area, errc>& result) {
+  return result ? describe(std::optional<Area>(*result))
+                : "error " + make_error_code(result.error()).message();
 }
 
 // The std::errc each uvmalloc code must compare equal to.
@@ -204,6 +220,21 @@ class ModelRun {
     }
   }
 
+  // A size for reuse_lazy: mostly one that a reusable area holds exactly
+  // or with room to spare, so reuses succeed and split; else any size.
+  std::size_t random_reuse_size() {
+    const std::vector<Area> reusable = model_->reusable_areas();
+    if (reusable.empty() || chance(30)) return random_size();
+    const Area& area = reusable[uniform(0, reusable.size() - 1)];
+    const std::size_t size = area.end - area.start;
+    switch (uniform(0, 3)) {
+      case 0: return size;                                   // exact fit
+      case 1: return size - uniform(0, page_size() - 1);     // rounds up to an exact fit
+      case 2: return uniform(1, size);                       // fits, usually splits
+      default: return size + uniform(1, 2 * page_size());    // just too large for this one
+    }
+  }
+
   // An address to free or find: a live or lazy area's start, an inner or
   // end address, free space, or anything at all.
   std::uintptr_t random_address() {
@@ -229,6 +260,16 @@ class ModelRun {
   // Same address or same error code (which must also equal its std::errc).
   static ::testing::AssertionResult same(const std::expected<std::uintptr_t, std::error_code>& actual,
                                          const std::expected<std::uintptr_t, errc>& expected) {
+    const bool equal = actual.has_value() == expected.has_value() &&
+                       (actual ? *actual == *expected
+                               : actual.error() == expected.error() &&
+                                     actual.error() == generic(expected.error()));
+    if (equal) return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure()
+           << "VaSpace returned " << describe_result(actual) << ", model " << describe_result(expected);
+  }
+  static ::testing::AssertionResult same(const std::expected<Area, std::error_code>& actual,
+                                         const std::expected<Area, errc>& expected) {
     const bool equal = actual.has_value() == expected.has_value() &&
                        (actual ? *actual == *expected
                                : actual.error() == expected.error() &&
@@ -275,7 +316,8 @@ class ModelRun {
   ::testing::AssertionResult random_step(std::size_t step, EventCounts& events) {
     // Phases of growth and of shrinking, so the space is seen nearly empty,
     // fragmented and full. Percent: alloc (a quarter with a range), free
-    // (half of them lazy), purge, find.
+    // (a third each: free, free_lazy, free_lazy_reusable), purge, reuse_lazy,
+    // find.
     const bool growing = (step / 1500) % 2 == 0;
     const unsigned alloc_share = growing ? 50 : 25, free_share = growing ? 26 : 52;
     const unsigned kind = static_cast<unsigned>(uniform(0, 99));
@@ -305,18 +347,62 @@ class ModelRun {
           if (expected.error() == code) ++events[event];
       }
     } else if (kind < alloc_share + free_share) {
-      const bool lazy = kind % 2 == 0;
       const std::uintptr_t address = random_address();
-      note(lazy ? "free_lazy" : "free", {address});
-      const std::error_code actual = lazy ? space_->free_lazy(address) : space_->free(address);
-      const std::optional<errc> expected = lazy ? model_->free_lazy(address) : model_->free(address);
+      std::error_code actual;
+      std::optional<errc> expected;
+      switch (kind % 3) {
+        case 0:
+          note("free", {address});
+          actual = space_->free(address);
+          expected = model_->free(address);
+          if (!expected) ++expected_stats_.frees;
+          ++events[expected ? free_not_an_area : free_ok];
+          break;
+        case 1:
+          note("free_lazy", {address});
+          actual = space_->free_lazy(address);
+          expected = model_->free_lazy(address);
+          if (!expected) ++expected_stats_.lazy_frees;
+          ++events[expected ? free_lazy_not_an_area : free_lazy_ok];
+          break;
+        default:
+          note("free_lazy_reusable", {address});
+          actual = space_->free_lazy_reusable(address);
+          expected = model_->free_lazy_reusable(address);
+          if (!expected) ++expected_stats_.lazy_frees;
+          ++events[expected ? free_lazy_reusable_not_an_area : free_lazy_reusable_ok];
+          break;
+      }
       result = same(actual, expected);
-      if (!expected) ++(lazy ? expected_stats_.lazy_frees : expected_stats_.frees);
-      ++events[expected ? (lazy ? free_lazy_not_an_area : free_not_an_area) : (lazy ? free_lazy_ok : free_ok)];
     } else if (kind < alloc_share + free_share + 2) {
       note("purge", {});
       space_->purge();
       model_->purge();
+    } else if (kind < alloc_share + free_share + 12) {
+      const std::size_t size = random_reuse_size();
+      note("reuse_lazy", {size});
+      const auto actual = space_->reuse_lazy(size);
+      const auto expected = model_->reuse_lazy(size);
+      result = same(actual, expected);
+      if (expected) {
+        ++expected_stats_.lazy_reuses;
+        const bool exact = expected->end - expected->start == (size + page_size() - 1) / page_size() * page_size();
+        ++events[exact ? reuse_exact_fit : reuse_split];
+      } else {
+        constexpr std::pair<errc, Event> kErrors[] = {{errc::zero_size, reuse_zero_size},
+                                                      {errc::size_overflow, reuse_size_overflow},
+                                                      {errc::no_space, reuse_no_space}};
+        for (auto [code, event] : kErrors)
+          if (expected.error() == code) ++events[event];
+      }
+      // The part handed out is live at once, from its first byte to its last.
+      if (result && expected) {
+        const std::uintptr_t live_end = model_->find(expected->start)->end;
+        for (std::uintptr_t address : {expected->start, live_end - 1})
+          if (space_->find(address) != model_->find(address))
+            result = ::testing::AssertionFailure() << "after reuse_lazy, find(" << hex(address)
+                                                   << ") is " << describe(space_->find(address));
+      }
     } else {
       const std::uintptr_t address = random_address();
       note("find", {address});
@@ -358,13 +444,13 @@ class ModelRun {
     const VaSpaceStats& want = expected_stats_;
     if (stats.allocs != want.allocs || stats.frees != want.frees || stats.lazy_frees != want.lazy_frees ||
         stats.purges != want.purges || stats.purged_areas != want.purged_areas ||
-        stats.failed_allocs != want.failed_allocs)
+        stats.failed_allocs != want.failed_allocs || stats.lazy_reuses != want.lazy_reuses)
       return ::testing::AssertionFailure()
-             << "stats() {allocs, frees, lazy_frees, purges, purged_areas, failed_allocs} = {" << stats.allocs
-             << ", " << stats.frees << ", " << stats.lazy_frees << ", " << stats.purges << ", "
-             << stats.purged_areas << ", " << stats.failed_allocs << "}, expected {" << want.allocs << ", "
-             << want.frees << ", " << want.lazy_frees << ", " << want.purges << ", " << want.purged_areas
-             << ", " << want.failed_allocs << "}";
+             << "stats() {allocs, frees, lazy_frees, purges, purged_areas, failed_allocs, lazy_reuses} = {"
+             << stats.allocs << ", " << stats.frees << ", " << stats.lazy_frees << ", " << stats.purges << ", "
+             << stats.purged_areas << ", " << stats.failed_allocs << ", " << stats.lazy_reuses << "}, expected {"
+             << want.allocs << ", " << want.frees << ", " << want.lazy_frees << ", " << want.purges << ", "
+             << want.purged_areas << ", " << want.failed_allocs << ", " << want.lazy_reuses << "}";
     return ::testing::AssertionSuccess();
   }
 
@@ -376,7 +462,7 @@ class ModelRun {
   std::unique_ptr<VaSpace> space_;
   std::optional<ReferenceModel> model_;
   std::deque<Call> recent_ops_;
-  VaSpaceStats expected_stats_{};  // what stats() must say: successes, no_space failures, purges
+  VaSpaceStats expected_stats_{};  // what stats() must say: successes, no_space failures, purges, reuses
 };
 
 std::size_t scaled(std::size_t steps) {
@@ -446,6 +532,46 @@ TEST(ReferenceModelSelfCheck, ModelFollowsTheContractOnAHandWorkedExample) {
   EXPECT_EQ(model.find(0x12fff), (Area{0x12000, 0x13000}));
   EXPECT_EQ(model.meminfo(), "VmallocTotal:         32 kB\nVmallocUsed:          28 kB\nVmallocChunk:          4 kB\n");
   EXPECT_EQ(model.vmallocinfo_lines().front(), "0x0000000000010000-0x0000000000011000    4096");
+}
+
+TEST(ReferenceModelSelfCheck, ModelReusesTheSmallestMostRecentReusableArea) {
+  using Allocated = std::expected<std::uintptr_t, errc>;
+  using Reused = std::expected<Area, errc>;
+  constexpr std::uintptr_t kBase = 0x10000;
+  const auto page = [](std::size_t n) { return kBase + n * 4096; };
+  ReferenceModel model(kBase, page(32), 4096, /*lazy_max_pages=*/100);
+  EXPECT_EQ(model.alloc(4 * 4096, 1), Allocated(page(0)));   // [0,4)
+  EXPECT_EQ(model.alloc(2 * 4096, 1), Allocated(page(4)));   // [4,6)
+  EXPECT_EQ(model.alloc(2 * 4096, 1), Allocated(page(6)));   // [6,8)
+  EXPECT_EQ(model.alloc(2 * 4096, 1), Allocated(page(8)));   // [8,10)
+  EXPECT_EQ(model.alloc(1 * 4096, 1), Allocated(page(10)));  // [10,11)
+  EXPECT_EQ(model.reuse_lazy(4096), Reused(std::unexpected(errc::no_space)));
+  EXPECT_EQ(model.free_lazy(page(10)), std::nullopt);  // never reusable
+  EXPECT_EQ(model.reuse_lazy(4096), Reused(std::unexpected(errc::no_space)));
+  EXPECT_EQ(model.free_lazy_reusable(page(0)), std::nullopt);
+  EXPECT_EQ(model.free_lazy_reusable(page(4)), std::nullopt);
+  EXPECT_EQ(model.free_lazy_reusable(page(8)), std::nullopt);
+  EXPECT_EQ(model.free_lazy_reusable(page(8)), errc::not_an_area);
+  EXPECT_EQ(model.lazy_pages(), 9u);
+  EXPECT_EQ(model.reuse_lazy(0), Reused(std::unexpected(errc::zero_size)));
+  EXPECT_EQ(model.reuse_lazy(kMaxSize), Reused(std::unexpected(errc::size_overflow)));
+  EXPECT_EQ(model.reuse_lazy(5 * 4096), Reused(std::unexpected(errc::no_space)));
+  // Two 2-page areas: the one freed last wins; 4 pages would also fit.
+  EXPECT_EQ(model.reuse_lazy(2 * 4096 - 1), Reused(Area{page(8), page(10)}));
+  EXPECT_EQ(model.find(page(9)), (Area{page(8), page(10)}));
+  EXPECT_EQ(model.reuse_lazy(4096), Reused(Area{page(4), page(6)}));  // split
+  EXPECT_EQ(model.find(page(4)), (Area{page(4), page(5)}));
+  EXPECT_EQ(model.reusable_areas(), (std::vector<Area>{{page(0), page(4)}, {page(5), page(6)}}));
+  EXPECT_EQ(model.lazy_pages(), 6u);  // [0,4), [5,6) and the plain lazy [10,11)
+  EXPECT_EQ(model.reuse_lazy(4096), Reused(Area{page(5), page(6)}));  // the 1-page remainder
+  EXPECT_EQ(model.reuse_lazy(4096), Reused(Area{page(0), page(4)}));
+  EXPECT_EQ(model.reuse_lazy(4096), Reused(Area{page(1), page(4)}));  // the remainder, just made
+  EXPECT_EQ(model.info(), (VmallocInfo{32 * 4096, 8 * 4096, 22 * 4096}));  // lazy [10,11) is free
+  // A purge takes every lazy area; nothing is reusable after it.
+  model.purge();
+  ASSERT_EQ(model.purges().size(), 1u);
+  EXPECT_EQ(model.purges()[0].merged, (std::vector<Area>{{page(2), page(4)}, {page(10), page(11)}}));
+  EXPECT_EQ(model.reuse_lazy(4096), Reused(std::unexpected(errc::no_space)));
 }
 
 }  // namespace

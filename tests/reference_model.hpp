@@ -25,6 +25,18 @@
 //    lazily freed pages > lazy_max_pages (strictly greater).
 //  * on_purge receives the lazy ranges in address order, ranges whose ends
 //    touch (a.end == b.start) merged into one.
+//  * free_lazy_reusable is free_lazy (same errors, same automatic purge) that
+//    also marks the area reusable. A purge removes every lazy area, so no
+//    purged range can be reused; areas freed with free_lazy never are.
+//  * reuse_lazy error precedence: size == 0 (zero_size), size rounded up to
+//    a page overflows (size_overflow), no reusable area of at least the
+//    rounded size (no_space). It never purges and is not counted as an alloc
+//    or a failed alloc.
+//  * reuse_lazy picks the smallest reusable area that fits; among equal sizes
+//    the one made reusable last (freed, or left over by a split). It returns
+//    that area as it was; its first `rounded` bytes become live, the rest (if
+//    any) stays lazy and reusable as a new area, made reusable now. Lazily
+//    freed pages drop by rounded / page_size.
 //
 // Not thread-safe: one thread drives it.
 #pragma once
@@ -86,7 +98,7 @@ class ReferenceModel {
       fit = lowest_fit(rounded, alignment, vstart, vend);
     }
     if (!fit) return std::unexpected(errc::no_space);
-    areas_.emplace(*fit, Entry{*fit + rounded, false});
+    areas_.emplace(*fit, Entry{*fit + rounded, false, false, 0});
     return *fit;
   }
 
@@ -98,12 +110,38 @@ class ReferenceModel {
     return std::nullopt;
   }
   [[nodiscard]] std::optional<errc> free_lazy(std::uintptr_t start) {
-    const auto it = areas_.find(start);
-    if (it == areas_.end() || it->second.lazy) return errc::not_an_area;
-    it->second.lazy = true;
-    lazy_pages_ += (it->second.end - it->first) / page_size_;
-    if (lazy_pages_ > lazy_max_pages_) purge_lazy(PurgeReason::lazy_limit);
-    return std::nullopt;
+    return mark_lazy(start, /*reusable=*/false);
+  }
+
+  // ReferenceModel::free_lazy_reusable() / reuse_lazy()
+  [[nodiscard]] std::optional<errc> free_lazy_reusable(std::uintptr_t start) {
+    return mark_lazy(start, /*reusable=*/true);
+  }
+  [[nodiscard]] std::expected<Area, errc> reuse_lazy(std::size_t size) {
+    if (size == 0) return std::unexpected(errc::zero_size);
+    if (size > kMaxAddress - (page_size_ - 1)) return std::unexpected(errc::size_overflow);
+    const std::uintptr_t rounded = round_up(size, page_size_);
+    auto best = areas_.end();
+    for (auto it = areas_.begin(); it != areas_.end(); ++it) {
+      const Entry& entry = it->second;
+      const std::uintptr_t entry_size = entry.end - it->first;
+      if (!entry.reusable || entry_size < rounded) continue;
+      if (best == areas_.end()) {
+        best = it;
+        continue;
+      }
+      const std::uintptr_t best_size = best->second.end - best->first;
+      if (entry_size < best_size ||
+          (entry_size == best_size && entry.reusable_since > best->second.reusable_since))
+        best = it;
+    }
+    if (best == areas_.end()) return std::unexpected(errc::no_space);
+    const Area taken{best->first, best->second.end};
+    best->second = Entry{taken.start + rounded, false, false, 0};
+    if (taken.start + rounded < taken.end)
+      areas_.emplace(taken.start + rounded, Entry{taken.end, true, true, ++clock_});
+    lazy_pages_ -= rounded / page_size_;
+    return taken;
   }
 
   // ReferenceModel::purge()
@@ -169,6 +207,14 @@ class ReferenceModel {
     return AreaInfo{it->first, it->second.end, it->second.lazy};
   }
 
+  // ReferenceModel::reusable_areas() - the lazy areas reuse_lazy() may take, by address.
+  [[nodiscard]] std::vector<Area> reusable_areas() const {
+    std::vector<Area> result;
+    for (const auto& [start, entry] : areas_)
+      if (entry.reusable) result.push_back({start, entry.end});
+    return result;
+  }
+
   // ReferenceModel::areas() - every area on the list, live and lazy, by address.
   [[nodiscard]] std::vector<AreaInfo> areas() const {
     std::vector<AreaInfo> result;
@@ -201,6 +247,8 @@ class ReferenceModel {
   struct Entry {
     std::uintptr_t end;
     bool lazy;
+    bool reusable;                // lazy, freed with free_lazy_reusable
+    std::uint64_t reusable_since;  // clock_ when it became reusable; larger is more recent
   };
 
   static constexpr std::uintptr_t kMaxAddress = std::numeric_limits<std::uintptr_t>::max();
@@ -233,6 +281,15 @@ class ReferenceModel {
     return fit_in_gap(std::max(gap_start, vstart), vend, size, alignment);
   }
 
+  std::optional<errc> mark_lazy(std::uintptr_t start, bool reusable) {
+    const auto it = areas_.find(start);
+    if (it == areas_.end() || it->second.lazy) return errc::not_an_area;
+    it->second = Entry{it->second.end, true, reusable, reusable ? ++clock_ : 0};
+    lazy_pages_ += (it->second.end - it->first) / page_size_;
+    if (lazy_pages_ > lazy_max_pages_) purge_lazy(PurgeReason::lazy_limit);
+    return std::nullopt;
+  }
+
   void purge_lazy(PurgeReason reason) {
     if (lazy_pages_ == 0) return;
     Purge purge{reason, {}, 0};
@@ -258,6 +315,7 @@ class ReferenceModel {
   std::size_t lazy_max_pages_;
   std::map<std::uintptr_t, Entry> areas_;  // start -> area; live and lazy, never overlapping
   std::size_t lazy_pages_ = 0;             // summed pages of the lazy entries
+  std::uint64_t clock_ = 0;                // counts areas made reusable, for recency
   std::vector<Purge> purges_;
 };
 
