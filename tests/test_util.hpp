@@ -127,6 +127,28 @@ inline constexpr InfoMode kAllInfoModes[] = {InfoMode::locked, InfoMode::rcu_wal
   return IsError(result.error(), specific, generic);
 }
 
+[[nodiscard]] inline ::testing::AssertionResult IsError(
+    const std::expected<Area, std::error_code>& result, errc specific, std::errc generic) {
+  if (result)
+    return ::testing::AssertionFailure() << "expected an error, got area [" << hex(result->start)
+                                         << ", " << hex(result->end) << ")";
+  return IsError(result.error(), specific, generic);
+}
+
+// Compares reuse_lazy()'s result with the lazily freed area it must have taken.
+[[nodiscard]] inline ::testing::AssertionResult Reused(
+    const std::expected<Area, std::error_code>& result, Area expected) {
+  if (!result)
+    return ::testing::AssertionFailure() << "expected [" << hex(expected.start) << ", "
+                                         << hex(expected.end) << "), got error "
+                                         << result.error().message();
+  if (*result != expected)
+    return ::testing::AssertionFailure()
+           << "expected [" << hex(expected.start) << ", " << hex(expected.end) << "), got ["
+           << hex(result->start) << ", " << hex(result->end) << ")";
+  return ::testing::AssertionSuccess();
+}
+
 // vmallocinfo() must consist of exactly these lines, in order, each ended by
 // '\n'; the contract lets a line carry extra fields after a space.
 [[nodiscard]] inline ::testing::AssertionResult VmallocinfoMatches(
@@ -171,7 +193,7 @@ inline constexpr InfoMode kAllInfoModes[] = {InfoMode::locked, InfoMode::rcu_wal
   const VaSpaceStats stats = space.stats();
   out << "stats: allocs " << stats.allocs << ", frees " << stats.frees << ", lazy_frees "
       << stats.lazy_frees << ", purges " << stats.purges << ", purged_areas " << stats.purged_areas
-      << "\n";
+      << ", lazy_reuses " << stats.lazy_reuses << "\n";
   return out.str();
 }
 

@@ -20,6 +20,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <future>
+#include <initializer_list>
+#include <random>
+#include <stdexcept>
+#include <tuple>
 #include <thread>
 #include <vector>
 
@@ -593,6 +597,401 @@ TEST(VaSpaceOnPurge, OnPurgeRunsWithoutTheWritersLock) {
   ASSERT_TRUE(seen_inside.has_value());
   EXPECT_EQ(*seen_inside, before);
   EXPECT_EQ(invariants_inside, "");
+}
+
+/*** free_lazy_reusable() and reuse_lazy() ***/
+
+// The areas of VaSpaceTest's space, written out: "[0x..., 0x...)" per line,
+// " lazy" after a lazily freed one.
+std::string areas_text(std::initializer_list<std::tuple<std::size_t, std::size_t, bool>> areas) {
+  std::vector<AreaInfo> list;
+  for (auto [first, last, lazy] : areas) list.push_back({at(first), at(last), lazy});
+  return describe(list);
+}
+
+class VaSpaceReuseTest : public VaSpaceTest {
+ protected:
+  // Places a live area on pages [first, last) exactly.
+  void place(std::size_t first, std::size_t last) {
+    ASSERT_TRUE(AllocatedAt(space_->alloc((last - first) * kPage, 1, at(first), at(last)), at(first)));
+  }
+  void expect_modes_agree(const VmallocInfo& expected, const char* when) {
+    for (InfoMode mode : kAllInfoModes)
+      EXPECT_EQ(space_->info(mode), expected) << when << ", " << name(mode) << ": "
+                                              << describe(space_->info(mode));
+  }
+};
+
+TEST_F(VaSpaceReuseTest, ExactFitMakesTheLazyAreaLiveAgain) {
+  make(16);
+  fill(0, 3, 2);  // [0,2) [2,4) [4,6)
+  ASSERT_FALSE(space_->free_lazy_reusable(at(2)));
+  EXPECT_EQ(space_->find(at(2)), std::nullopt);
+  EXPECT_EQ(describe(list_areas(*space_)), areas_text({{0, 2, false}, {2, 4, true}, {4, 6, false}}));
+  expect_modes_agree({16 * kPage, 4 * kPage, 10 * kPage}, "lazily freed");
+  const VaSpaceStats before = space_->stats();
+
+  EXPECT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(2), at(4)}));
+  EXPECT_EQ(space_->find(at(2)), (Area{at(2), at(4)}));
+  EXPECT_EQ(space_->find(at(4) - 1), (Area{at(2), at(4)}));
+  EXPECT_EQ(describe(list_areas(*space_)), areas_text({{0, 2, false}, {2, 4, false}, {4, 6, false}}));
+  expect_modes_agree({16 * kPage, 6 * kPage, 10 * kPage}, "reused");
+  EXPECT_TRUE(VmallocinfoMatches(space_->vmallocinfo(),
+                                 {"0x0000000010000000-0x0000000010002000    8192",
+                                  "0x0000000010002000-0x0000000010004000    8192",
+                                  "0x0000000010004000-0x0000000010006000    8192"}));
+  const VaSpaceStats after = space_->stats();
+  EXPECT_EQ(after.lazy_reuses, before.lazy_reuses + 1);
+  EXPECT_EQ(after.allocs, before.allocs) << "a reuse is not an alloc";
+  EXPECT_EQ(after.failed_allocs, before.failed_allocs);
+  EXPECT_EQ(space_->check_invariants(), "");
+  // Nothing lazy is left: a purge has nothing to hand on_purge.
+  space_->purge();
+  EXPECT_TRUE(purges_.calls().empty());
+  // The reused area is an ordinary live area: it can be freed again.
+  EXPECT_FALSE(space_->free(at(2)));
+  EXPECT_TRUE(AllocatedAt(space_->alloc(2 * kPage, 1), at(2)));
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, LargerAreaIsSplitAndTheRestStaysLazyAndReusable) {
+  make(12);
+  place(0, 8);
+  place(8, 9);
+  ASSERT_FALSE(space_->free_lazy_reusable(at(0)));
+  // 3 pages less 100 bytes round up to 3 pages; the whole area is returned.
+  EXPECT_TRUE(Reused(space_->reuse_lazy(3 * kPage - 100), Area{at(0), at(8)}));
+  EXPECT_EQ(space_->find(at(0)), (Area{at(0), at(3)}));
+  EXPECT_EQ(space_->find(at(3) - 1), (Area{at(0), at(3)}));
+  EXPECT_EQ(space_->find(at(3)), std::nullopt) << "the rest is still lazily freed";
+  EXPECT_EQ(describe(list_areas(*space_)), areas_text({{0, 3, false}, {3, 8, true}, {8, 9, false}}));
+  // The lazy rest counts as free: gaps of 5 (the rest) and 3 (the end).
+  expect_modes_agree({12 * kPage, 4 * kPage, 5 * kPage}, "after the split");
+  EXPECT_EQ(space_->check_invariants(), "");
+
+  // The rest is an area of its own: split again, then taken exactly.
+  EXPECT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(3), at(8)}));
+  EXPECT_EQ(describe(list_areas(*space_)),
+            areas_text({{0, 3, false}, {3, 4, false}, {4, 8, true}, {8, 9, false}}));
+  EXPECT_TRUE(Reused(space_->reuse_lazy(4 * kPage), Area{at(4), at(8)}));
+  EXPECT_EQ(describe(list_areas(*space_)),
+            areas_text({{0, 3, false}, {3, 4, false}, {4, 8, false}, {8, 9, false}}));
+  expect_modes_agree({12 * kPage, 9 * kPage, 3 * kPage}, "all reused");
+  EXPECT_EQ(space_->stats().lazy_reuses, 3u);
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(purges_.calls().empty());
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, PicksTheSmallestFitThenTheMostRecentlyFreed) {
+  make(32);
+  // A [0,4), B [5,7), C [8,10), D [11,14), with live single pages between.
+  place(0, 4); place(4, 5); place(5, 7); place(7, 8); place(8, 10); place(10, 11);
+  place(11, 14); place(14, 15);
+  for (std::size_t page : {8, 0, 5, 11}) ASSERT_FALSE(space_->free_lazy_reusable(at(page)));
+  // Two pages: B and C fit exactly; B was freed after C.
+  EXPECT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(5), at(7)}));
+  EXPECT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(8), at(10)}));
+  // Then D (3 pages) is the smallest that fits, not A (4 pages).
+  EXPECT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(11), at(14)}));
+  // One page: D's one-page rest is smaller than A.
+  EXPECT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(13), at(14)}));
+  EXPECT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(0), at(4)}));
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, TheRestOfASplitCountsAsFreedAtTheSplit) {
+  make(16);
+  place(0, 3); place(3, 4); place(4, 5); place(5, 6);
+  ASSERT_FALSE(space_->free_lazy_reusable(at(4)));  // Y: one page, freed first
+  ASSERT_FALSE(space_->free_lazy_reusable(at(0)));  // X: three pages
+  EXPECT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(0), at(3)}));  // X, rest [2,3)
+  // Two one-page areas now: Y, freed before the split, and X's rest, made by it.
+  EXPECT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(2), at(3)}));
+  EXPECT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(4), at(5)}));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, AreasFreedWithPlainFreeLazyAreNeverReused) {
+  make(16);
+  place(0, 4); place(4, 5); place(5, 6);
+  ASSERT_FALSE(space_->free_lazy(at(0)));
+  ASSERT_FALSE(space_->free(at(4)));  // freed at once: free space, not a lazy area
+  const std::string before = snapshot(*space_);
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(4 * kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_EQ(snapshot(*space_), before);
+  // With a reusable area beside it, only that one is taken, however it fits.
+  ASSERT_FALSE(space_->free_lazy_reusable(at(5)));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(2 * kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(5), at(6)}));
+  EXPECT_EQ(describe(list_areas(*space_)), areas_text({{0, 4, true}, {5, 6, false}}));
+  space_->purge();
+  EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(0), at(4)}}}));
+  EXPECT_EQ(space_->stats().lazy_reuses, 1u);
+}
+
+TEST_F(VaSpaceReuseTest, ReuseErrorsChangeNothingAndNeverPurge) {
+  make(32);
+  place(0, 4); place(4, 6); place(6, 16);
+  ASSERT_FALSE(space_->free_lazy_reusable(at(0)));  // reusable, 4 pages
+  ASSERT_FALSE(space_->free_lazy(at(6)));           // lazy, 10 pages, not reusable
+  constexpr std::size_t kMaxSize = std::numeric_limits<std::size_t>::max();
+  const struct {
+    const char* what;
+    std::size_t size;
+    errc code;
+    std::errc generic;
+  } cases[] = {
+      {"size 0", 0, errc::zero_size, std::errc::invalid_argument},
+      {"size SIZE_MAX", kMaxSize, errc::size_overflow, std::errc::invalid_argument},
+      {"size rounds past SIZE_MAX", kMaxSize - kPage + 2, errc::size_overflow,
+       std::errc::invalid_argument},
+      {"rounds to the top page, fits nothing", kMaxSize - kPage + 1, errc::no_space,
+       std::errc::not_enough_memory},
+      {"one page more than the reusable area", 4 * kPage + 1, errc::no_space,
+       std::errc::not_enough_memory},
+      {"fits only the plain lazy area", 10 * kPage, errc::no_space, std::errc::not_enough_memory},
+      {"larger than the space", 33 * kPage, errc::no_space, std::errc::not_enough_memory},
+  };
+  for (const auto& c : cases) {
+    const std::string before = snapshot(*space_);
+    const VaSpaceStats stats_before = space_->stats();
+    EXPECT_TRUE(IsError(space_->reuse_lazy(c.size), c.code, c.generic)) << c.what;
+    EXPECT_EQ(snapshot(*space_), before) << c.what;
+    EXPECT_EQ(space_->stats().failed_allocs, stats_before.failed_allocs) << c.what;
+    EXPECT_EQ(space_->stats().lazy_reuses, stats_before.lazy_reuses) << c.what;
+  }
+  EXPECT_TRUE(purges_.calls().empty()) << "reuse_lazy never purges";
+  // The reusable area is still there, whole.
+  EXPECT_TRUE(Reused(space_->reuse_lazy(4 * kPage), Area{at(0), at(4)}));
+}
+
+TEST_F(VaSpaceReuseTest, FreeLazyReusableRejectsAnythingButALiveAreaStart) {
+  make(16);
+  place(0, 2); place(2, 4); place(4, 8); place(8, 9);
+  ASSERT_FALSE(space_->free(at(2)));
+  ASSERT_FALSE(space_->free_lazy_reusable(at(4)));
+  ASSERT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(4), at(8)}));  // [4,5) live, [5,8) lazy
+  ASSERT_FALSE(space_->free_lazy(at(8)));
+  const std::pair<const char*, std::uintptr_t> cases[] = {
+      {"inner address", at(1)},
+      {"one past the start", at(0) + 1},
+      {"an area freed already", at(2)},
+      {"the lazy rest of a split", at(5)},
+      {"inside the lazy rest", at(6)},
+      {"inside a reused area", at(4) + 1},
+      {"a plain lazily freed area", at(8)},
+      {"free space", at(12)},
+      {"the space's end", at(16)},
+      {"zero", 0},
+  };
+  for (auto [what, address] : cases) {
+    const std::string before = snapshot(*space_);
+    EXPECT_TRUE(IsError(space_->free_lazy_reusable(address), errc::not_an_area,
+                        std::errc::invalid_argument))
+        << what;
+    EXPECT_EQ(snapshot(*space_), before) << what;
+  }
+  // The reused front and the rest of the split behave like any live and lazy areas.
+  EXPECT_FALSE(space_->free_lazy_reusable(at(4)));
+  EXPECT_TRUE(IsError(space_->free_lazy_reusable(at(4)), errc::not_an_area, std::errc::invalid_argument));
+  EXPECT_TRUE(IsError(space_->free(at(5)), errc::not_an_area, std::errc::invalid_argument));
+  EXPECT_EQ(space_->stats().lazy_frees, 3u) << "free_lazy_reusable counts as a lazy free";
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, ReusedPagesNoLongerCountTowardsLazyMaxPages) {
+  make(32, /*lazy_max_pages=*/6);
+  place(0, 6); place(6, 7); place(7, 8); place(8, 9);
+  ASSERT_FALSE(space_->free_lazy_reusable(at(0)));  // 6 lazy pages: at the limit
+  EXPECT_TRUE(purges_.calls().empty());
+  ASSERT_TRUE(Reused(space_->reuse_lazy(4 * kPage), Area{at(0), at(6)}));  // 2 left
+  ASSERT_FALSE(space_->free_lazy(at(6)));
+  ASSERT_FALSE(space_->free_lazy_reusable(at(7)));
+  ASSERT_FALSE(space_->free_lazy(at(8)));  // 5 lazy pages
+  EXPECT_TRUE(purges_.calls().empty()) << "4 of the 6 pages were reused, so only 5 are lazy";
+  // Past the limit: the purge takes the rest of the split too, merged.
+  ASSERT_FALSE(space_->free_lazy_reusable(at(0)));  // 9 > 6
+  EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(0), at(9)}}}));
+  EXPECT_TRUE(list_areas(*space_).empty());
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, FreeLazyReusablePurgesByItselfPastTheLimitAndNothingIsReusableAfter) {
+  make(32, /*lazy_max_pages=*/4);
+  place(0, 3); place(3, 5); place(5, 6);
+  ASSERT_FALSE(space_->free_lazy_reusable(at(0)));  // 3
+  EXPECT_TRUE(purges_.calls().empty());
+  ASSERT_FALSE(space_->free_lazy_reusable(at(3)));  // 5 > 4: purged at once, this one included
+  EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(0), at(5)}}}));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(AllocatedAt(space_->alloc(kPage, 1), at(0)));
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, NothingIsReusableOnceAPurgeHasTakenIt) {
+  // Explicit purge.
+  make(16);
+  place(0, 2); place(2, 3);
+  ASSERT_FALSE(space_->free_lazy_reusable(at(0)));
+  space_->purge();
+  EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(0), at(2)}}}));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(2 * kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(AllocatedAt(space_->alloc(2 * kPage, 1), at(0))) << "free space now, for alloc";
+  EXPECT_EQ(space_->stats().lazy_reuses, 0u);
+
+  // The purge an alloc starts before its retry.
+  make(4);
+  fill(0, 4);
+  ASSERT_FALSE(space_->free_lazy_reusable(at(1)));
+  ASSERT_FALSE(space_->free_lazy_reusable(at(2)));
+  EXPECT_TRUE(AllocatedAt(space_->alloc(kPage, 1), at(1)));
+  EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(1), at(3)}}}));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory))
+      << "page 2 was purged and is free, not reusable";
+  EXPECT_TRUE(AllocatedAt(space_->alloc(kPage, 1), at(2)));
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, OnPurgeNeverReceivesReusedRanges) {
+  make(16);
+  place(0, 1); place(1, 2); place(2, 3); place(3, 8); place(8, 9);
+  for (std::size_t page : {0, 1, 2, 3}) ASSERT_FALSE(space_->free_lazy_reusable(at(page)));
+  ASSERT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(2), at(3)}));      // the latest page
+  ASSERT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(3), at(8)}));  // [3,5) live
+  space_->purge();
+  EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(0), at(2)}, {at(5), at(8)}}}));
+  EXPECT_EQ(space_->stats().purged_areas, 3u);
+  EXPECT_EQ(describe(list_areas(*space_)), areas_text({{2, 3, false}, {3, 5, false}, {8, 9, false}}));
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST(VaSpaceReuseOnPurge, ReuseFromInsideOnPurgeCannotTakeTheRangesBeingPurged) {
+  // on_purge runs without the writers' lock, so a writer may run meanwhile;
+  // here it runs inside the callback, deterministically. The batch is
+  // detached: no reuse may hand it out. An area freed after the purge
+  // began is not in the batch and is reusable.
+  std::unique_ptr<VaSpace> space;
+  std::vector<std::vector<Area>> seen;
+  std::optional<std::expected<Area, std::error_code>> inside_batch, outside_batch;
+  VaSpaceOptions options;
+  options.start = kBase;
+  options.end = at(16);
+  options.lazy_max_pages = kNoAutoPurge;
+  options.on_purge = [&](std::span<const Area> merged) {
+    seen.emplace_back(merged.begin(), merged.end());
+    if (seen.size() > 1) return;
+    inside_batch = space->reuse_lazy(kPage);
+    if (space->free_lazy_reusable(at(5))) return;
+    outside_batch = space->reuse_lazy(kPage);
+  };
+  space = create_space(options);
+  for (std::size_t i = 0; i < 6; ++i) ASSERT_TRUE(AllocatedAt(space->alloc(kPage, 1), at(i)));
+  ASSERT_FALSE(space->free_lazy_reusable(at(1)));
+  ASSERT_FALSE(space->free_lazy_reusable(at(2)));
+  auto purged = std::async(std::launch::async, [&] { space->purge(); });
+  if (purged.wait_for(10s) != std::future_status::ready) {
+    std::fprintf(stderr, "FATAL: purge() deadlocked when on_purge called reuse_lazy/free_lazy_reusable\n");
+    std::abort();
+  }
+  purged.get();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], (std::vector<Area>{{at(1), at(3)}}));
+  ASSERT_TRUE(inside_batch.has_value());
+  EXPECT_TRUE(IsError(*inside_batch, errc::no_space, std::errc::not_enough_memory));
+  ASSERT_TRUE(outside_batch.has_value()) << "free_lazy_reusable inside on_purge failed";
+  EXPECT_TRUE(Reused(*outside_batch, Area{at(5), at(6)}));
+  EXPECT_EQ(space->find(at(5)), (Area{at(5), at(6)}));
+  EXPECT_EQ(space->find(at(1)), std::nullopt);
+  EXPECT_TRUE(AllocatedAt(space->alloc(2 * kPage, 1), at(1))) << "the batch is free after the purge";
+  EXPECT_EQ(space->check_invariants(), "");
+}
+
+TEST(VaSpaceReuseOnPurge, AThrowingOnPurgeLeavesTheBatchLazyAndNotReusable) {
+  int calls = 0;
+  std::vector<std::vector<Area>> seen;
+  VaSpaceOptions options;
+  options.start = kBase;
+  options.end = at(16);
+  options.lazy_max_pages = kNoAutoPurge;
+  options.on_purge = [&](std::span<const Area> merged) {
+    seen.emplace_back(merged.begin(), merged.end());
+    if (++calls == 1) throw std::runtime_error("on_purge failed");
+  };
+  auto space = create_space(options);
+  for (std::size_t i = 0; i < 4; ++i) ASSERT_TRUE(AllocatedAt(space->alloc(kPage, 1), at(i)));
+  ASSERT_FALSE(space->free_lazy_reusable(at(1)));
+  ASSERT_FALSE(space->free_lazy(at(3)));
+  EXPECT_THROW(space->purge(), std::runtime_error);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], (std::vector<Area>{{at(1), at(2)}, {at(3), at(4)}}));
+  // Still lazily freed: listed as lazy, not found, counted as free...
+  std::vector<AreaInfo> areas = list_areas(*space);
+  ASSERT_EQ(areas.size(), 4u);
+  EXPECT_TRUE(areas[1].lazy && areas[3].lazy);
+  EXPECT_EQ(space->find(at(1)), std::nullopt);
+  for (InfoMode mode : kAllInfoModes)
+    EXPECT_EQ(space->info(mode), (VmallocInfo{16 * kPage, 2 * kPage, 13 * kPage})) << name(mode);
+  EXPECT_EQ(space->check_invariants(), "");
+  // ...but no longer reusable, while an area freed afterwards is.
+  EXPECT_TRUE(IsError(space->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  ASSERT_FALSE(space->free_lazy_reusable(at(2)));
+  EXPECT_TRUE(Reused(space->reuse_lazy(kPage), Area{at(2), at(3)}));
+  // The next purge gives the batch back.
+  space->purge();
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[1], (std::vector<Area>{{at(1), at(2)}, {at(3), at(4)}}));
+  EXPECT_TRUE(AllocatedAt(space->alloc(kPage, 1), at(1)));
+  EXPECT_EQ(space->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, AllInfoModesAgreeAfterEveryReuse) {
+  make(64, /*lazy_max_pages=*/12);
+  std::mt19937_64 random(4);
+  std::vector<std::uintptr_t> live;
+  std::size_t reuses = 0, splits = 0;
+  for (int step = 0; step < 400; ++step) {
+    const unsigned kind = random() % 10;
+    if (kind < 4) {
+      if (auto area = space_->alloc((1 + random() % 4) * kPage, 1)) live.push_back(*area);
+    } else if (kind < 7 && !live.empty()) {
+      const std::size_t i = random() % live.size();
+      ASSERT_FALSE(space_->free_lazy_reusable(live[i]));
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+    } else {
+      const std::size_t size = (1 + random() % 4) * kPage;
+      if (auto reused = space_->reuse_lazy(size)) {
+        ++reuses;
+        splits += reused->end - reused->start > size;
+        live.push_back(reused->start);
+        EXPECT_EQ(space_->find(reused->start), (Area{reused->start, reused->start + size}));
+      } else {
+        EXPECT_TRUE(IsError(reused.error(), errc::no_space, std::errc::not_enough_memory));
+      }
+    }
+    const VmallocInfo locked = space_->info(InfoMode::locked);
+    ASSERT_EQ(space_->info(InfoMode::rcu_walk), locked) << "step " << step;
+    ASSERT_EQ(space_->info(InfoMode::counters), locked) << "step " << step;
+    // And all equal the figures recomputed from the list.
+    VmallocInfo recomputed{64 * kPage, 0, 0};
+    std::uintptr_t previous_end = at(0);
+    for (const AreaInfo& area : list_areas(*space_)) {
+      if (area.lazy) continue;
+      recomputed.used += area.end - area.start;
+      recomputed.largest_chunk = std::max<std::size_t>(recomputed.largest_chunk, area.start - previous_end);
+      previous_end = area.end;
+    }
+    recomputed.largest_chunk = std::max<std::size_t>(recomputed.largest_chunk, at(64) - previous_end);
+    ASSERT_EQ(locked, recomputed) << "step " << step;
+    ASSERT_EQ(space_->check_invariants(), "") << "step " << step;
+  }
+  EXPECT_GT(reuses, 20u);
+  EXPECT_GT(splits, 5u);
+  EXPECT_EQ(space_->stats().lazy_reuses, reuses);
 }
 
 /*** find() ***/
