@@ -4,6 +4,9 @@
 // own areas; a shared page-ownership table catches any two live areas that
 // overlap, even across threads, and lets on_purge check that nobody holds a
 // page it is purging (ranges must not be reusable before the callback).
+// A second run has the writers free lazily for reuse and take areas back
+// with reuse_lazy() while a purger thread purges non-stop: no reuse may hand
+// out a page another thread holds, or one a purge has already taken.
 // Reader threads call info() in all three modes, vmallocinfo(), meminfo(),
 // find() and for_each_area() non-stop and check what holds even for a walk
 // that is not a snapshot. Once quiet, every figure must be exact.
@@ -91,8 +94,13 @@ class PageOwners {
 
 struct Totals {
   std::atomic<std::uint64_t> allocs{0}, no_space{0}, frees{0}, lazy_frees{0}, purges{0},
-      finds{0}, reads{0}, walks{0}, purge_calls{0};
+      finds{0}, reads{0}, walks{0}, purge_calls{0}, reusable_frees{0}, reuses{0}, reuse_splits{0},
+      reuse_no_space{0};
 };
+
+// How the writers work: the classic mix (they purge now and then), or with
+// free_lazy_reusable/reuse_lazy in it while a separate thread purges.
+enum class WriterMix { classic, reuse };
 
 class StressTest : public ::testing::Test {
  protected:
@@ -126,7 +134,7 @@ class StressTest : public ::testing::Test {
     in_purge_.store(false, std::memory_order_release);
   }
 
-  void writer(std::uint32_t id, const std::atomic<bool>& stop) {
+  void writer(std::uint32_t id, const std::atomic<bool>& stop, WriterMix mix = WriterMix::classic) {
     std::mt19937_64 random(id * 7919);
     std::vector<Area> mine;
     auto uniform = [&](std::uint64_t low, std::uint64_t high) {
@@ -137,15 +145,59 @@ class StressTest : public ::testing::Test {
       mine[index] = mine.back();
       mine.pop_back();
       owners_.release(area);  // before the call: afterwards someone else may get it
-      const bool lazy = uniform(0, 1) == 0;
-      if (const std::error_code ec = lazy ? space_->free_lazy(area.start) : space_->free(area.start))
+      // classic: free or free_lazy; reuse: mostly free_lazy_reusable.
+      const auto how = mix == WriterMix::classic ? uniform(0, 1) : uniform(0, 5);
+      const std::error_code ec = how == 0   ? space_->free(area.start)
+                                 : how == 1 ? space_->free_lazy(area.start)
+                                            : space_->free_lazy_reusable(area.start);
+      if (ec)
         violations_.add("writer " + std::to_string(id) + ": free of own area " +
                         describe(std::optional<Area>(area)) + " failed: " + ec.message());
-      (lazy ? totals_.lazy_frees : totals_.frees).fetch_add(1, std::memory_order_relaxed);
+      (how == 0 ? totals_.frees : how == 1 ? totals_.lazy_frees : totals_.reusable_frees)
+          .fetch_add(1, std::memory_order_relaxed);
+    };
+    // reuse_lazy(): the front of a reusable area becomes mine; it must lie
+    // in the space, be found live at once and overlap nobody's pages.
+    auto take_back = [&] {
+      const std::size_t size = uniform(1, 6 * kPage);
+      const std::size_t rounded = (size + kPage - 1) / kPage * kPage;
+      const auto result = space_->reuse_lazy(size);
+      if (!result) {
+        if (result.error() != std::errc::not_enough_memory)
+          violations_.add("reuse_lazy: unexpected error " + result.error().message());
+        totals_.reuse_no_space.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      const Area area{result->start, result->start + rounded};
+      if (result->start % kPage != 0 || result->end % kPage != 0 || result->start < kStart ||
+          result->end > kEnd || result->end - result->start < rounded)
+        violations_.add("reuse_lazy(" + hex(size) + ") gave " + describe(std::optional<Area>(*result)));
+      if (!owners_.claim(area, id))
+        violations_.add("reuse_lazy gave " + describe(std::optional<Area>(area)) +
+                        ", overlapping a live area");
+      if (const auto found = space_->find(area.end - 1); found != area)
+        violations_.add("reuse_lazy: find(" + hex(area.end - 1) + ") gave " + describe(found) +
+                        ", reused " + describe(std::optional<Area>(area)));
+      mine.push_back(area);
+      totals_.reuses.fetch_add(1, std::memory_order_relaxed);
+      if (result->end > area.end) totals_.reuse_splits.fetch_add(1, std::memory_order_relaxed);
     };
     while (!stop.load(std::memory_order_acquire)) {
-      const auto kind = uniform(0, 99);
-      if (kind < 45 && mine.size() < kMaxAreasPerWriter) {
+      // Percent. classic: 45 alloc, 40 give back, 2 purge, 13 find.
+      // reuse: 25 alloc, 20 reuse_lazy, 42 give back, 13 find; the purger purges.
+      enum class Action { alloc, reuse, give_back, purge, find };
+      const auto dice = uniform(0, 99);
+      const Action action = mix == WriterMix::classic
+                                ? (dice < 45 ? Action::alloc
+                                   : dice < 85 ? Action::give_back
+                                   : dice < 87 ? Action::purge
+                                               : Action::find)
+                                : (dice < 25 ? Action::alloc
+                                   : dice < 45 ? Action::reuse
+                                   : dice < 87 ? Action::give_back
+                                               : Action::find);
+      const bool room = mine.size() < kMaxAreasPerWriter;
+      if (action == Action::alloc && room) {
         const std::size_t size = uniform(1, 6 * kPage);
         const std::size_t align = std::size_t{1} << uniform(0, 15);  // up to 8 pages
         const auto result = space_->alloc(size, align);
@@ -164,9 +216,12 @@ class StressTest : public ::testing::Test {
                           ", overlapping a live area");
         mine.push_back(area);
         totals_.allocs.fetch_add(1, std::memory_order_relaxed);
-      } else if (kind < 85 && !mine.empty()) {
+      } else if (action == Action::reuse && room) {
+        take_back();
+      } else if ((action == Action::give_back || action == Action::alloc || action == Action::reuse) &&
+                 !mine.empty()) {  // a full writer gives back instead
         give_back(uniform(0, mine.size() - 1));
-      } else if (kind < 87) {
+      } else if (action == Action::purge) {
         space_->purge();
         totals_.purges.fetch_add(1, std::memory_order_relaxed);
       } else if (!mine.empty()) {
@@ -261,6 +316,8 @@ class StressTest : public ::testing::Test {
   }
 
   // With no writer running, everything must be exact.
+  void give_everything_back();
+
   void check_quiet() {
     const std::vector<Area> live = expect_exact_figures("once quiet");
     std::vector<Area> expected = final_areas_;
@@ -280,6 +337,15 @@ class StressTest : public ::testing::Test {
   Violations violations_;
   PageOwners owners_;
   Totals totals_;
+  // Purges non-stop until stopped (the reuse run's writers do not purge).
+  void purger(const std::atomic<bool>& stop) {
+    while (!stop.load(std::memory_order_acquire)) {
+      space_->purge();
+      totals_.purges.fetch_add(1, std::memory_order_relaxed);
+      std::this_thread::yield();
+    }
+  }
+
   std::atomic<bool> in_purge_{false};
   std::mutex final_mutex_;
   std::vector<Area> final_areas_;
@@ -310,7 +376,43 @@ TEST_F(StressTest, WritersAndLockFreeReadersKeepEveryFigureConsistent) {
   EXPECT_GT(totals_.walks.load(), 30u);
 
   check_quiet();
+  give_everything_back();
+}
 
+TEST_F(StressTest, ReusingWritersNeverShareAPageAndPurgesNeverTakeAReusedOne) {
+  const auto duration = std::chrono::duration<double>(2.0 * test_scale());
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> threads;
+  for (std::uint32_t id = 1; id <= kWriters; ++id)
+    threads.emplace_back([&, id] { writer(id, stop, WriterMix::reuse); });
+  for (std::uint32_t id = 1; id <= kReaders - 1; ++id) threads.emplace_back([&, id] { reader(id, stop); });
+  threads.emplace_back([&] { purger(stop); });
+  std::this_thread::sleep_for(duration);
+  stop.store(true, std::memory_order_release);
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_TRUE(violations_.none());
+
+  std::printf("allocs %" PRIu64 " (no space %" PRIu64 "), reuses %" PRIu64 " (splits %" PRIu64
+              ", none fit %" PRIu64 "), frees %" PRIu64 ", lazy frees %" PRIu64 ", reusable frees %" PRIu64
+              ", purge() %" PRIu64 ", on_purge %" PRIu64 ", finds %" PRIu64 ", reader walks %" PRIu64 "\n",
+              totals_.allocs.load(), totals_.no_space.load(), totals_.reuses.load(),
+              totals_.reuse_splits.load(), totals_.reuse_no_space.load(), totals_.frees.load(),
+              totals_.lazy_frees.load(), totals_.reusable_frees.load(), totals_.purges.load(),
+              totals_.purge_calls.load(), totals_.finds.load(), totals_.walks.load());
+  EXPECT_GT(totals_.allocs.load(), 500u);
+  EXPECT_GT(totals_.reusable_frees.load(), 500u);
+  EXPECT_GT(totals_.reuses.load(), 200u);
+  EXPECT_GT(totals_.reuse_splits.load(), 20u);
+  EXPECT_GT(totals_.reuse_no_space.load(), 20u) << "purges must win some races against reuse";
+  EXPECT_GT(totals_.purge_calls.load(), 10u);
+  EXPECT_GT(totals_.walks.load(), 30u);
+  EXPECT_EQ(space_->stats().lazy_reuses, totals_.reuses.load());
+
+  check_quiet();
+  give_everything_back();
+}
+
+void StressTest::give_everything_back() {
   // Give everything back: the space must end empty and whole.
   for (std::size_t i = 0; i < final_areas_.size(); ++i) {
     owners_.release(final_areas_[i]);
