@@ -3,9 +3,10 @@
 // Each input is decoded into a VaSpace's options and then a sequence of
 // operations: alloc with any size, alignment and range (absurd ones
 // included: zero, overflowing, not powers of two, outside the space, at the
-// top of the address space), free and free_lazy of live, lazy, inner and
-// random addresses, purge, find, info in every mode, meminfo, vmallocinfo and
-// for_each_area. Every result is compared with tests/reference_model.hpp,
+// top of the address space), free, free_lazy and free_lazy_reusable of live,
+// lazy, inner and random addresses, reuse_lazy of sizes that fit reusable
+// areas exactly, with room to spare or not at all, purge, find, info in every
+// mode, meminfo, vmallocinfo and for_each_area. Every result is compared with tests/reference_model.hpp,
 // the same oracle the model test uses; so is every on_purge call. Any
 // difference prints what differed and aborts, which libFuzzer records as a
 // crash with the input that caused it.
@@ -184,7 +185,21 @@ class Decoder {
     }
   }
 
-  int operation() { return in_.ConsumeIntegralInRange<int>(0, 15); }
+  // A size for reuse_lazy: usually one a reusable area holds (exactly, or
+  // with room to spare, or one page too many), else any size.
+  std::size_t reuse_size(const Model& model, std::size_t page) {
+    const std::vector<Area> reusable = model.reusable_areas();
+    if (reusable.empty() || in_.ConsumeIntegralInRange<int>(0, 3) == 0) return size(page);
+    const Area& area = reusable[in_.ConsumeIntegralInRange<std::size_t>(0, reusable.size() - 1)];
+    const std::size_t bytes = area.end - area.start;
+    switch (in_.ConsumeIntegralInRange<int>(0, 3)) {
+      case 0: return bytes + page;
+      case 1: return in_.ConsumeIntegralInRange<std::size_t>(1, bytes);
+      default: return bytes;
+    }
+  }
+
+  int operation() { return in_.ConsumeIntegralInRange<int>(0, 19); }
   InfoMode mode() { return kModes[in_.ConsumeIntegralInRange<int>(0, 2)]; }
   bool more() const { return in_.remaining_bytes() > 0; }
 
@@ -220,14 +235,56 @@ class Harness {
     check_purges(call);
   }
 
-  void free(std::uintptr_t start, bool lazy) {
-    const std::error_code got = lazy ? space_->free_lazy(start) : space_->free(start);
-    const auto want = lazy ? model_.free_lazy(start) : model_.free(start);
+  enum class FreeKind { now, lazy, lazy_reusable };
+  void free(std::uintptr_t start, FreeKind kind) {
+    std::error_code got;
+    std::optional<uvmalloc::errc> want;
+    const char* name = "free";
+    switch (kind) {
+      case FreeKind::now: got = space_->free(start); want = model_.free(start); break;
+      case FreeKind::lazy:
+        name = "free_lazy";
+        got = space_->free_lazy(start);
+        want = model_.free_lazy(start);
+        break;
+      case FreeKind::lazy_reusable:
+        name = "free_lazy_reusable";
+        got = space_->free_lazy_reusable(start);
+        want = model_.free_lazy_reusable(start);
+        break;
+    }
     const std::error_code want_code = want ? make_error_code(*want) : std::error_code{};
-    const std::string call = std::string(lazy ? "free_lazy(" : "free(") + hex(start) + ")";
+    const std::string call = std::string(name) + "(" + hex(start) + ")";
     if (got != want_code) mismatch(call, "space gave " + describe(got) + ", model " + describe(want_code));
     trace(call, describe(got));
     if (got) check_error_kind(call, got);
+    check_purges(call);
+  }
+
+  void reuse_lazy(std::size_t size) {
+    const auto got = space_->reuse_lazy(size);
+    const auto want = model_.reuse_lazy(size);
+    const std::string call = "reuse_lazy(" + hex(size) + ")";
+    const auto text = [](const auto& result) {
+      if (result) return describe(std::vector<Area>{*result});
+      const std::error_code ec = result.error();  // an errc or already an error_code
+      return describe(ec);
+    };
+    if (got.has_value() != want.has_value() || (got && *got != *want) ||
+        (!got && got.error() != make_error_code(want.error())))
+      mismatch(call, "space gave " + text(got) + ", model " + text(want));
+    trace(call, text(got));
+    if (got) {
+      ++reuses_seen_;
+      // The front part is live at once, the rest (if any) still is not.
+      const std::optional<Area> live = model_.find(got->start);
+      if (space_->find(got->start) != live || space_->find(live->end - 1) != live)
+        mismatch(call, "the reused part is not found as live");
+      if (live->end < got->end && space_->find(live->end).has_value())
+        mismatch(call, "the remainder at " + hex(live->end) + " is found as live");
+    } else {
+      check_error_kind(call, got.error());
+    }
     check_purges(call);
   }
 
@@ -272,6 +329,9 @@ class Harness {
     if (space_->stats().purges != purges_seen_)
       mismatch("stats().purges", std::to_string(space_->stats().purges) + " vs model " +
                                      std::to_string(purges_seen_));
+    if (space_->stats().lazy_reuses != reuses_seen_)
+      mismatch("stats().lazy_reuses", std::to_string(space_->stats().lazy_reuses) + " vs model " +
+                                          std::to_string(reuses_seen_));
   }
 
  private:
@@ -329,6 +389,7 @@ class Harness {
   std::unique_ptr<VaSpace> space_;
   Model model_;
   std::uint64_t purges_seen_ = 0;
+  std::uint64_t reuses_seen_ = 0;
 };
 
 // What create() must say about `o`, by the header's rule.
@@ -375,11 +436,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         harness.alloc(decode.size(options.page_size), decode.align(), Area{vstart, vend});
         break;
       }
-      case 6: case 7: harness.free(decode.area_address(view), /*lazy=*/false); break;
-      case 8: case 9: harness.free(decode.area_address(view), /*lazy=*/true); break;
+      case 6: case 7: harness.free(decode.area_address(view), Harness::FreeKind::now); break;
+      case 8: case 9: harness.free(decode.area_address(view), Harness::FreeKind::lazy); break;
       case 10: harness.purge(); break;
       case 11: case 12: harness.find(decode.area_address(view)); break;
       case 13: case 14: harness.info(decode.mode()); break;
+      case 16: case 17:
+        harness.free(decode.area_address(view), Harness::FreeKind::lazy_reusable);
+        break;
+      case 18: case 19: harness.reuse_lazy(decode.reuse_size(view, options.page_size)); break;
       default: harness.check_everything(); break;
     }
   }
