@@ -57,14 +57,14 @@ using uvmalloc::testing::test_scale;
 namespace fault = uvmalloc::fault;
 
 const std::size_t kPage = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
-constexpr OsCall kOsCalls[] = {OsCall::reserve, OsCall::commit, OsCall::populate,
-                               OsCall::decommit, OsCall::release};
-constexpr const char* kOsCallNames[] = {"reserve (mmap)", "commit (mprotect)",
-                                        "populate (madvise)", "decommit (mmap MAP_FIXED)",
-                                        "release (munmap)"};
+constexpr OsCall kOsCalls[] = {OsCall::reserve,  OsCall::commit,  OsCall::populate,
+                               OsCall::decommit, OsCall::release, OsCall::guard};
+constexpr const char* kOsCallNames[] = {"reserve (mmap)",           "commit (mprotect)",
+                                        "populate (madvise)",       "decommit (mmap MAP_FIXED)",
+                                        "release (munmap)",         "guard (mmap MAP_FIXED)"};
 
 // Failures injected per call site over the whole run, printed at the end.
-std::array<std::uint64_t, 5> g_injected{};
+std::array<std::uint64_t, std::size(kOsCalls)> g_injected{};
 
 // Arms `count` failures of `call` after `skip` successful ones; when it goes
 // out of scope, disarms, checks the failures really happened (all of them,
@@ -157,7 +157,7 @@ std::string describe(const VmallocStats& s) {
   out << "areas_live " << s.areas_live << ", bytes_live " << s.bytes_live << ", purges "
       << s.purges << ", unmap_calls " << s.unmap_calls << ", unmapped_bytes " << s.unmapped_bytes
       << ", decommit_failures " << s.decommit_failures << ", quarantined_bytes "
-      << s.quarantined_bytes;
+      << s.quarantined_bytes << ", reuses " << s.reuses << ", reuse_splits " << s.reuse_splits;
   return out.str();
 }
 
@@ -416,6 +416,58 @@ TEST_F(FaultInjection, OnePurgeWithOneRefusedRunGivesBackTheOthers) {
   EXPECT_EQ(protection(p[2], kPage), "---p");
 }
 
+/*** guard: mmap(MAP_FIXED, PROT_NONE) of the new guard page when vmalloc cuts a reused area ***/
+
+TEST_F(FaultInjection, RefusedGuardPageServesFreshPagesAndLeaksNothing) {
+  auto* const freed = static_cast<unsigned char*>(must_vmalloc(32 * kPage));  // 33 pages with its guard
+  void* kept = must_vmalloc(kPage);                                            // [33, 35)
+  std::memset(freed, 0x5c, 32 * kPage);
+  ASSERT_FALSE(heap_->vfree(freed));
+  const VmallocStats before = heap_->stats();
+  void* p = nullptr;
+  {
+    Injection refuse(OsCall::guard, 0, 1);
+    p = must_vmalloc(4 * kPage - 5);
+  }
+  // Not the cut piece of the freed area (it has no guard page): fresh
+  // pages at the lowest fit, after `kept` and its guard page.
+  EXPECT_EQ(p, freed + 35 * kPage);
+  expect_usable(p, 4 * kPage);
+  EXPECT_EQ(protection(static_cast<char*>(p) + 4 * kPage, kPage), "---p") << "its guard page";
+  VmallocStats after = heap_->stats();
+  EXPECT_EQ(after.areas_live, before.areas_live + 1);
+  EXPECT_EQ(after.bytes_live, before.bytes_live + 4 * kPage);
+  EXPECT_EQ(after.unmap_calls, before.unmap_calls);
+  // The cut piece [0, 5) is lazily freed and never handed out again before
+  // the purge; the rest [5, 33) still is.
+  void* rest = must_vmalloc(4 * kPage);
+  EXPECT_EQ(rest, freed + 5 * kPage);
+  expect_usable(rest, 4 * kPage);
+  EXPECT_EQ(protection(static_cast<char*>(rest) + 4 * kPage, kPage), "---p");
+  for (void* q : {must_vmalloc(4 * kPage), must_vmalloc(20 * kPage)}) {
+    const auto at = static_cast<unsigned char*>(q);
+    EXPECT_TRUE(at >= freed + 5 * kPage || at + 4 * kPage <= freed) << "the cut piece was handed out";
+    expect_usable(q, 4 * kPage);
+  }
+  // Once everything is freed and purged, the reservation holds nothing:
+  // no area, no quarantine, not one accessible or resident page.
+  for (const uvmalloc::AreaInfo& area : uvmalloc::testing::list_areas(heap_->space())) {
+    if (!area.lazy) {
+      ASSERT_FALSE(heap_->vfree(reinterpret_cast<void*>(area.start)));
+    }
+  }
+  heap_->purge();
+  after = heap_->stats();
+  EXPECT_EQ(after.areas_live, 0u);
+  EXPECT_EQ(after.quarantined_bytes, 0u);
+  EXPECT_TRUE(uvmalloc::testing::list_areas(heap_->space()).empty());
+  for (const Mapping& m : kernel_view(base(), limit())) {
+    EXPECT_EQ(m.perms, "---p") << describe(kernel_view(base(), limit()));
+    EXPECT_EQ(m.rss_kb, 0u) << describe(kernel_view(base(), limit()));
+  }
+  (void)kept;
+}
+
 /*** reserve: mmap(PROT_NONE, MAP_NORESERVE) in create ***/
 
 TEST_F(FaultInjection, RefusedReserveFailsCreateAndMapsNothing) {
@@ -482,7 +534,8 @@ TEST_F(FaultInjection, RandomFaultsNeverCorruptLoseOrLeak) {
   for (int step = 0; step < steps; ++step) {
     const unsigned dice = rng() % 16;
     // Arm a fault at a random site for the next few calls of that kind.
-    const OsCall call = kOsCalls[1 + rng() % 3];  // commit, populate, decommit
+    constexpr OsCall kSites[] = {OsCall::commit, OsCall::populate, OsCall::decommit, OsCall::guard};
+    const OsCall call = kSites[rng() % std::size(kSites)];
     Injection maybe(call, static_cast<unsigned>(rng() % 3), rng() % 3 == 0 ? 1 : 0, ENOMEM,
                     /*at_most=*/true);
     // Allocate more than free while under 32 buffers: the reservation stays

@@ -66,7 +66,8 @@ constexpr bool kSanitized = false;
   out << "areas_live " << stats.areas_live << ", bytes_live " << stats.bytes_live << ", purges "
       << stats.purges << ", unmap_calls " << stats.unmap_calls << ", unmapped_bytes "
       << stats.unmapped_bytes << ", decommit_failures " << stats.decommit_failures
-      << ", quarantined_bytes " << stats.quarantined_bytes;
+      << ", quarantined_bytes " << stats.quarantined_bytes << ", reuses " << stats.reuses
+      << ", reuse_splits " << stats.reuse_splits;
   return out.str();
 }
 
@@ -330,6 +331,7 @@ TEST(Vmalloc, SeparatedFreesPurgeInOneCallPerRun) {
 TEST(Vmalloc, ResidentFreedMemoryStaysBelowLazyMaxPages) {
   VmallocOptions options;
   options.lazy_max_pages = 1024;  // 4 MiB
+  options.reuse = false;          // every round takes fresh pages (reuse: ReuseChurn below)
   auto vm = create_vmalloc(options);
   const std::size_t baseline = resident_bytes();
   std::size_t peak = baseline;
@@ -380,11 +382,386 @@ TEST(Vmalloc, EveryBadVfreeIsRejectedAndChangesNothing) {
   EXPECT_TRUE(IsError(vm->vfree(live), errc::not_an_area, std::errc::invalid_argument)) << "double free";
 }
 
+/*** Reuse of freed, not yet purged areas (VmallocOptions::reuse) ***/
+
+// System calls Vmalloc made for memory, of every kind it can make after create().
+[[nodiscard]] std::uint64_t memory_calls() {
+  using fault::OsCall;
+  std::uint64_t total = 0;
+  for (OsCall call : {OsCall::commit, OsCall::populate, OsCall::decommit, OsCall::guard})
+    total += fault::calls(call);
+  return total;
+}
+
+TEST(VmallocReuse, ReuseIsOnByDefault) {
+  EXPECT_TRUE(VmallocOptions{}.reuse);
+}
+
+TEST(VmallocReuse, SameSizeAfterVfreeGetsTheSamePagesWithoutASystemCall) {
+  FaultInjectionGuard faults;
+  auto vm = create_vmalloc();
+  char* first = allocate(*vm, 64 * KiB);
+  char* next = allocate(*vm, kPage);  // keeps the freed area from being the space's last
+  std::memset(first, 0x77, 64 * KiB);
+  ASSERT_FALSE(vm->vfree(first));
+  const VmallocStats before = vm->stats();
+  const std::uint64_t calls_before = memory_calls();
+  const std::uint64_t space_reuses_before = vm->space().stats().lazy_reuses;
+
+  char* again = allocate(*vm, 64 * KiB - 100);  // rounds up to the same 16 pages
+  EXPECT_EQ(again, first);
+  EXPECT_EQ(memory_calls(), calls_before) << "an exact fit makes no commit, guard or decommit call";
+  const VmallocStats after = vm->stats();
+  EXPECT_EQ(after.reuses, before.reuses + 1);
+  EXPECT_EQ(after.reuse_splits, before.reuse_splits) << "an exact fit is no split";
+  EXPECT_EQ(after.unmap_calls, before.unmap_calls);
+  EXPECT_EQ(after.purges, before.purges);
+  EXPECT_EQ(after.areas_live, 2u);
+  EXPECT_EQ(after.bytes_live, 64 * KiB + kPage);
+  EXPECT_EQ(vm->space().stats().lazy_reuses, space_reuses_before + 1);
+  EXPECT_EQ(first_nonzero(again, 64 * KiB), 64 * KiB) << "reused memory is zeroed";
+  EXPECT_EQ(vm->space().find(reinterpret_cast<std::uintptr_t>(again)),
+            (Area{reinterpret_cast<std::uintptr_t>(again), reinterpret_cast<std::uintptr_t>(again) + 64 * KiB + kPage}))
+      << "the area, its guard page included, is live again";
+  EXPECT_EQ(vm->space().check_invariants(), "");
+  EXPECT_FALSE(vm->vfree(again));
+  EXPECT_FALSE(vm->vfree(next));
+}
+
+TEST(VmallocReuse, ReusedMemoryIsZeroedEvenAfterAPatternWasWritten) {
+  auto vm = create_vmalloc();
+  // Exact fit, every page written.
+  const std::size_t size = 256 * KiB;
+  char* p = allocate(*vm, size);
+  std::memset(p, 0xab, size);
+  ASSERT_FALSE(vm->vfree(p));
+  char* q = allocate(*vm, size);
+  ASSERT_EQ(q, p);
+  EXPECT_EQ(first_nonzero(q, size), size);
+
+  // Split: the front and then the rest, both written over by the last owner.
+  char* big = allocate(*vm, 1 * MiB);
+  std::memset(big, 0xcd, 1 * MiB);
+  ASSERT_FALSE(vm->vfree(big));
+  constexpr std::size_t kFront = 26 * kPage;  // 100 KiB + 17 bytes, rounded up
+  char* front = allocate(*vm, 100 * KiB + 17);
+  ASSERT_EQ(front, big);
+  EXPECT_EQ(first_nonzero(front, kFront), kFront) << "the whole rounded size is zero";
+  char* rest = allocate(*vm, 512 * KiB);
+  ASSERT_EQ(rest, big + kFront + kPage) << "the rest of the split, after the new guard page";
+  EXPECT_EQ(first_nonzero(rest, 512 * KiB), 512 * KiB);
+
+  // Only some pages written (the rest never faulted in): all read zero.
+  char* sparse = allocate(*vm, 4 * MiB);
+  for (std::size_t offset = 0; offset < 4 * MiB; offset += 3 * kPage) sparse[offset + 5] = 9;
+  ASSERT_FALSE(vm->vfree(sparse));
+  char* sparse_again = allocate(*vm, 4 * MiB);
+  ASSERT_EQ(sparse_again, sparse);
+  EXPECT_EQ(first_nonzero(sparse_again, 4 * MiB), 4 * MiB);
+  EXPECT_EQ(vm->stats().reuses, 4u);
+  EXPECT_EQ(vm->stats().reuse_splits, 2u);
+}
+
+TEST(VmallocReuse, ReusingAnAreaMakesNoMoreResidentThanItsLastOwnerDid) {
+  // The last owner touched one page of 64 MiB; a reuse must not fault in
+  // (or zero by touching) the 63.99 MiB nobody ever touched.
+  VmallocOptions options;
+  options.lazy_max_pages = 1 << 20;  // 64 MiB would pass the default on a 2-CPU machine
+  auto vm = create_vmalloc(options);
+  const std::size_t size = 64 * MiB;
+  char* p = allocate(*vm, size);
+  p[size / 2] = 1;
+  ASSERT_FALSE(vm->vfree(p));
+  const std::size_t before = resident_bytes();
+  char* q = allocate(*vm, size);
+  ASSERT_EQ(q, p);
+  EXPECT_LE(resident_bytes(), before + 4 * MiB);
+  EXPECT_EQ(q[size / 2], 0);
+  EXPECT_EQ(vm->stats().reuses, 1u);
+}
+
+TEST(VmallocReuse, PopulateStillFaultsInEveryPageOfAReusedArea) {
+  // vmalloc(size, populate) promises every page faulted in on return. A
+  // reused area's pages are resident only where the last owner touched them
+  // (zeroing drops long untouched runs), so populate must fault in the rest.
+  VmallocOptions options;
+  options.lazy_max_pages = 1 << 20;
+  auto vm = create_vmalloc(options);
+  const std::size_t size = 16 * MiB;
+  char* p = allocate(*vm, size);
+  p[0] = 1;  // one page of 4096 resident
+  ASSERT_FALSE(vm->vfree(p));
+  const std::size_t before = resident_bytes();
+  char* q = allocate(*vm, size, VmallocFlags::populate);
+  ASSERT_EQ(q, p);
+  EXPECT_EQ(vm->stats().reuses, 1u);
+  EXPECT_GE(resident_bytes(), before + size * 9 / 10) << "populate did not fault the reused pages in";
+  EXPECT_EQ(first_nonzero(q, size), size);
+  EXPECT_FALSE(vm->vfree(q));
+}
+
+TEST(VmallocReuse, SplitCutsAGuardPageAndTheRestIsReusedByTheNextFit) {
+  FaultInjectionGuard faults;
+  auto vm = create_vmalloc();
+  char* big = allocate(*vm, 1 * MiB);
+  touch_every_page(big, 1 * MiB);
+  ASSERT_FALSE(vm->vfree(big));
+  const std::uint64_t guards_before = fault::calls(fault::OsCall::guard);
+  const std::uint64_t commits_before = fault::calls(fault::OsCall::commit);
+
+  char* small = allocate(*vm, 64 * KiB);
+  EXPECT_EQ(small, big) << "the smallest freed area that fits, at its start";
+  EXPECT_EQ(fault::calls(fault::OsCall::guard), guards_before + 1) << "one call for the new guard page";
+  EXPECT_EQ(fault::calls(fault::OsCall::commit), commits_before) << "the pages are committed already";
+  EXPECT_EQ(vm->stats().reuses, 1u);
+  EXPECT_EQ(vm->stats().reuse_splits, 1u);
+  const auto base = reinterpret_cast<std::uintptr_t>(big);
+  EXPECT_EQ(vm->space().find(base), (Area{base, base + 64 * KiB + kPage}));
+  // The rest is lazily freed, waiting for reuse or the purge.
+  const std::vector<AreaInfo> areas = list_areas(vm->space());
+  ASSERT_EQ(areas.size(), 2u);
+  EXPECT_TRUE(areas[1].lazy);
+  EXPECT_EQ(areas[1].start, base + 64 * KiB + kPage);
+  EXPECT_EQ(areas[1].end, base + 1 * MiB + kPage);
+
+  // The next vmalloc that fits takes the rest, at its start.
+  char* next = allocate(*vm, 128 * KiB);
+  EXPECT_EQ(next, big + 64 * KiB + kPage);
+  EXPECT_EQ(first_nonzero(next, 128 * KiB), 128 * KiB);
+  EXPECT_EQ(vm->stats().reuses, 2u);
+  EXPECT_EQ(vm->stats().reuse_splits, 2u);
+  // Both are usable to their last byte and independent.
+  std::memset(small, 1, 64 * KiB);
+  std::memset(next, 2, 128 * KiB);
+  EXPECT_EQ(small[64 * KiB - 1], 1);
+  EXPECT_EQ(next[0], 2);
+  EXPECT_EQ(vm->space().check_invariants(), "");
+}
+
+TEST_F(VmallocDeathTest, SplitReuseGuardPageFaults) {
+  auto vm = create_vmalloc();
+  char* big = allocate(*vm, 1 * MiB);
+  touch_every_page(big, 1 * MiB);  // the page that becomes the guard was writable memory
+  ASSERT_FALSE(vm->vfree(big));
+  char* p = allocate(*vm, 64 * KiB);
+  ASSERT_EQ(p, big);
+  ASSERT_EQ(vm->stats().reuse_splits, 1u);
+  p[64 * KiB - 1] = 1;
+  volatile char* guard = p + 64 * KiB;
+  EXPECT_DEATH(*guard = 1, "");
+  EXPECT_DEATH((void)*guard, "");
+}
+
+TEST_F(VmallocDeathTest, ExactFitReuseKeepsItsGuardPage) {
+  auto vm = create_vmalloc();
+  char* p = allocate(*vm, 2 * kPage);
+  ASSERT_FALSE(vm->vfree(p));
+  char* q = allocate(*vm, 2 * kPage);
+  ASSERT_EQ(q, p);
+  ASSERT_EQ(vm->stats().reuses, 1u);
+  q[2 * kPage - 1] = 1;
+  volatile char* guard = q + 2 * kPage;
+  EXPECT_DEATH(*guard = 1, "");
+}
+
+TEST_F(VmallocDeathTest, RestOfASplitFaultsAfterPurge) {
+  auto vm = create_vmalloc();
+  char* big = allocate(*vm, 1 * MiB);
+  touch_every_page(big, 1 * MiB);
+  ASSERT_FALSE(vm->vfree(big));
+  char* p = allocate(*vm, 64 * KiB);
+  ASSERT_EQ(p, big);
+  vm->purge();
+  p[0] = 1;  // the reused front is still live
+  volatile char* rest = big + 64 * KiB + kPage;
+  EXPECT_DEATH(*rest = 1, "");
+  volatile char* last = big + 1 * MiB - 1;
+  EXPECT_DEATH((void)*last, "");
+}
+
+TEST_F(VmallocDeathTest, GuardPageFaultsWhenCuttingItWasRefused) {
+  FaultInjectionGuard faults;
+  auto vm = create_vmalloc();
+  char* big = allocate(*vm, 1 * MiB);
+  touch_every_page(big, 1 * MiB);
+  ASSERT_FALSE(vm->vfree(big));
+  fault::inject(fault::OsCall::guard, 0, 1, ENOMEM);
+  char* p = allocate(*vm, 64 * KiB);
+  ASSERT_NE(p, nullptr);
+  ASSERT_NE(p, big) << "without its guard page the cut piece must not be handed out";
+  ASSERT_EQ(first_nonzero(p, 64 * KiB), 64 * KiB);
+  p[64 * KiB - 1] = 1;
+  volatile char* guard = p + 64 * KiB;
+  EXPECT_DEATH(*guard = 1, "");
+}
+
+TEST(VmallocReuse, RefusedGuardPageFallsBackToFreshPages) {
+  FaultInjectionGuard faults;
+  auto vm = create_vmalloc();
+  char* big = allocate(*vm, 1 * MiB);
+  std::memset(big, 0xee, 1 * MiB);
+  ASSERT_FALSE(vm->vfree(big));
+  fault::inject(fault::OsCall::guard, 0, 1, ENOMEM);
+  char* p = allocate(*vm, 64 * KiB);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(fault::calls(fault::OsCall::guard), 1u) << "the cut was tried";
+  EXPECT_EQ(p, big + 1 * MiB + kPage) << "fresh pages: the lowest fit above the freed area";
+  EXPECT_EQ(first_nonzero(p, 64 * KiB), 64 * KiB);
+  std::memset(p, 1, 64 * KiB);
+  EXPECT_EQ(vm->stats().areas_live, 1u);
+  EXPECT_EQ(vm->stats().bytes_live, 64 * KiB);
+  // The cut piece is lazily freed and never reused; the rest still is.
+  char* q = allocate(*vm, 64 * KiB);
+  EXPECT_EQ(q, big + 64 * KiB + kPage) << "the rest of the freed area, not the cut piece";
+  EXPECT_EQ(first_nonzero(q, 64 * KiB), 64 * KiB);
+  const auto cut = reinterpret_cast<std::uintptr_t>(big);
+  std::vector<AreaInfo> areas = list_areas(vm->space());
+  ASSERT_FALSE(areas.empty());
+  EXPECT_EQ(areas[0].start, cut);
+  EXPECT_EQ(areas[0].end, cut + 64 * KiB + kPage);
+  EXPECT_TRUE(areas[0].lazy);
+  // Nothing leaks: once everything is freed and purged, nothing is live or lazy.
+  ASSERT_FALSE(vm->vfree(p));
+  ASSERT_FALSE(vm->vfree(q));
+  vm->purge();
+  EXPECT_EQ(vm->stats().areas_live, 0u);
+  EXPECT_EQ(vm->stats().bytes_live, 0u);
+  EXPECT_EQ(vm->stats().quarantined_bytes, 0u);
+  EXPECT_TRUE(list_areas(vm->space()).empty());
+  EXPECT_EQ(vm->space().check_invariants(), "");
+}
+
+TEST(VmallocReuse, ReuseOffNeverTakesFreedPagesBack) {
+  VmallocOptions options;
+  options.reuse = false;
+  options.lazy_max_pages = 1 << 20;
+  auto vm = create_vmalloc(options);
+  char* p = allocate(*vm, 64 * KiB);
+  ASSERT_FALSE(vm->vfree(p));
+  char* q = allocate(*vm, 64 * KiB);
+  EXPECT_EQ(q, p + 64 * KiB + kPage) << "the freed area waits for the purge";
+  ASSERT_FALSE(vm->vfree(q));
+  char* big = allocate(*vm, 1 * MiB);
+  ASSERT_FALSE(vm->vfree(big));
+  for (int i = 0; i < 8; ++i) {
+    char* r = allocate(*vm, 32 * KiB);
+    EXPECT_GE(r, big + 1 * MiB + kPage) << "round " << i;
+  }
+  EXPECT_EQ(vm->stats().reuses, 0u);
+  EXPECT_EQ(vm->stats().reuse_splits, 0u);
+  EXPECT_EQ(vm->space().stats().lazy_reuses, 0u);
+  vm->purge();
+  EXPECT_EQ(allocate(*vm, 64 * KiB), p) << "after the purge, the lowest fit";
+}
+
+TEST(VmallocReuse, PurgeStillGivesFreedMemoryBackWithReuseOn) {
+  VmallocOptions options;
+  options.lazy_max_pages = 1 << 20;
+  auto vm = create_vmalloc(options);
+  const std::size_t size = 32 * MiB;
+  char* p = allocate(*vm, size);
+  touch_every_page(p, size);
+  ASSERT_FALSE(vm->vfree(p));
+  char* front = allocate(*vm, 1 * MiB);  // reuse the front; the rest stays freed and resident
+  ASSERT_EQ(front, p);
+  touch_every_page(front, 1 * MiB);
+  const std::size_t touched = resident_bytes();
+  vm->purge();
+  EXPECT_LE(resident_bytes(), touched - (size - 2 * MiB) * 9 / 10);
+  EXPECT_EQ(vm->stats().unmapped_bytes, size - 1 * MiB) << "the rest of the split, its guard page included";
+  EXPECT_EQ(front[0], 1) << "the reused front is live and keeps its pages";
+  EXPECT_FALSE(vm->vfree(front));
+}
+
+TEST(VmallocReuse, ResidentMemoryStaysBoundedUnderReuseChurn) {
+  VmallocOptions options;
+  options.lazy_max_pages = 1024;  // 4 MiB
+  auto vm = create_vmalloc(options);
+  std::mt19937_64 random(99);
+  std::vector<std::pair<char*, std::size_t>> live;
+  const std::size_t baseline = resident_bytes();
+  std::size_t peak = baseline;
+  const int rounds = static_cast<int>(600 * test_scale());
+  for (int round = 0; round < rounds; ++round) {
+    const std::size_t size = (16 + random() % 241) * kPage;  // 64 KiB to 1 MiB
+    char* p = allocate(*vm, size);
+    ASSERT_NE(p, nullptr);
+    ASSERT_EQ(p[0], 0);
+    ASSERT_EQ(p[size - 1], 0);
+    touch_every_page(p, size);
+    live.emplace_back(p, size);
+    if (live.size() > 3) {
+      const std::size_t victim = random() % live.size();
+      ASSERT_FALSE(vm->vfree(live[victim].first));
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(victim));
+    }
+    peak = std::max(peak, resident_bytes());
+  }
+  // Freed pages: at most lazy_max_pages plus the last freed area (1 MiB)
+  // before a purge takes them; live ones: at most four areas of 1 MiB.
+  EXPECT_LE(peak - baseline, 4 * MiB + 1 * MiB + 4 * MiB + 2 * MiB) << "2 MiB slack for the test itself";
+  const VmallocStats stats = vm->stats();
+  EXPECT_GT(stats.reuses, static_cast<std::uint64_t>(rounds) / 4) << "the churn must run on reuse";
+  EXPECT_GT(stats.reuse_splits, 0u);
+  EXPECT_GT(stats.purges, 0u) << "what is not reused is still purged";
+  for (const auto& [p, size] : live) ASSERT_FALSE(vm->vfree(p));
+  vm->purge();
+  EXPECT_EQ(vm->stats().areas_live, 0u);
+  EXPECT_EQ(vm->space().info().used, 0u);
+  EXPECT_LE(resident_bytes(), baseline + 2 * MiB);
+}
+
+TEST(VmallocReuse, VfreeOfAnythingButAReusedAreasStartIsRejected) {
+  auto vm = create_vmalloc();
+  char* big = allocate(*vm, 1 * MiB);
+  ASSERT_FALSE(vm->vfree(big));
+  char* p = allocate(*vm, 64 * KiB);
+  ASSERT_EQ(p, big);
+  p[0] = 3;
+  const std::string before = snapshot(*vm);
+  const std::pair<const char*, void*> bad[] = {
+      {"inner pointer", p + kPage},
+      {"one byte in", p + 1},
+      {"last byte", p + 64 * KiB - 1},
+      {"the new guard page", p + 64 * KiB},
+      {"the rest of the split (freed, not returned)", p + 64 * KiB + kPage},
+      {"inside the rest", p + 512 * KiB},
+      {"the old guard page", big + 1 * MiB},
+  };
+  for (const auto& [what, pointer] : bad) {
+    EXPECT_TRUE(IsError(vm->vfree(pointer), errc::not_an_area, std::errc::invalid_argument)) << what;
+    EXPECT_EQ(snapshot(*vm), before) << what;
+  }
+  EXPECT_EQ(p[0], 3);
+  EXPECT_FALSE(vm->vfree(p));
+  EXPECT_TRUE(IsError(vm->vfree(p), errc::not_an_area, std::errc::invalid_argument)) << "double free";
+}
+
+TEST(VmallocReuse, UnguardedReuseSplitsWithoutASystemCall) {
+  FaultInjectionGuard faults;
+  VmallocOptions options;
+  options.guard_page = false;
+  auto vm = create_vmalloc(options);
+  char* big = allocate(*vm, 1 * MiB);
+  std::memset(big, 0x42, 1 * MiB);
+  ASSERT_FALSE(vm->vfree(big));
+  const std::uint64_t calls_before = memory_calls();
+  char* p = allocate(*vm, 64 * KiB);
+  char* q = allocate(*vm, 64 * KiB);
+  EXPECT_EQ(p, big);
+  EXPECT_EQ(q, big + 64 * KiB) << "no guard page between them";
+  EXPECT_EQ(memory_calls(), calls_before);
+  EXPECT_EQ(first_nonzero(p, 64 * KiB), 64 * KiB);
+  EXPECT_EQ(first_nonzero(q, 64 * KiB), 64 * KiB);
+  EXPECT_EQ(vm->stats().reuses, 2u);
+}
+
 /*** Exhaustion and refusal ***/
 
 TEST(Vmalloc, SmallReservationRunsOutCleanlyAndRecovers) {
   VmallocOptions options;
   options.reserve = 1 * MiB;
+  options.reuse = false;  // so the freed area comes back through the purge vmalloc starts
   auto vm = create_vmalloc(options);
   // 64 KiB + a guard page: 15 areas take 1020 KiB of the 1024.
   std::vector<char*> areas;
@@ -565,6 +942,7 @@ TEST(VmallocConcurrency, ThreadsKeepTheirOwnPatterns) {
   EXPECT_EQ(stats.areas_live, 0u);
   EXPECT_EQ(stats.bytes_live, 0u);
   EXPECT_GT(stats.purges, 0u);
+  EXPECT_GT(stats.reuses, 0u) << "reuse (on by default) must be in the mix";
   vm->purge();
   EXPECT_EQ(vm->space().info().used, 0u);
   EXPECT_EQ(vm->space().check_invariants(), "");
