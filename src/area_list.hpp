@@ -30,6 +30,11 @@ struct AreaNode {
   // kLazy once free_lazy ran. Written under the writers' lock, read by RCU
   // readers: relaxed, because a reader only needs some recent value.
   std::atomic<std::uint32_t> flags{0};
+  // Writers only (lock held): in VaSpace's reusable index (and when it was
+  // put there, for its order), and whether it was joined from several areas.
+  bool reusable = false;
+  bool joined = false;
+  std::uint64_t reuse_stamp = 0;
   union {
     AreaNode* lazy_next;  // on the lazy list (flags & kLazy)
     AreaNode* free_next;  // in the node pool or a retirement batch
@@ -82,6 +87,20 @@ class AreaList {
     if (succ) succ->prev = second;
     // Release: a reader that sees first also sees both nodes' fields and links.
     old->prev->next.store(first, std::memory_order_release);
+  }
+
+  // Puts `node` (not yet linked) where the consecutive nodes first .. last
+  // are, in one release store: a reader sees either all of those or node.
+  // node's start must lie strictly between first's predecessor's start and
+  // last's successor's. The old nodes' own links stay intact for readers on
+  // them. Lock held.
+  void replace_range_locked(AreaNode* first, AreaNode* last, AreaNode* node) noexcept {
+    AreaNode* succ = last->next.load(std::memory_order_relaxed);
+    node->next.store(succ, std::memory_order_relaxed);
+    node->prev = first->prev;
+    if (succ) succ->prev = node;
+    // Release: a reader that sees node also sees its fields and next.
+    first->prev->next.store(node, std::memory_order_release);
   }
 
   // Unlinks `node`; its own next stays intact for readers on it. Lock held.

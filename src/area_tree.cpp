@@ -503,7 +503,10 @@ std::optional<AreaRef> AreaTree::reshape(std::uintptr_t start, std::uintptr_t ne
   PathStep path[kMaxHeight];
   int depth = 0, pos = 0;
   Leaf* leaf = find_exact(start, path, &depth, &pos);
-  if (!leaf || new_end <= start || new_end > leaf->end[pos]) return std::nullopt;
+  if (!leaf || new_end <= start) return std::nullopt;
+  const Leaf* next_leaf = pos + 1 < leaf->count ? leaf : leaf->next;
+  const int next_pos = pos + 1 < leaf->count ? pos + 1 : 0;
+  if (next_leaf && next_leaf->count > 0 && new_end > next_leaf->start[next_pos]) return std::nullopt;
   const AreaRef ref = ref_at(leaf, pos);
   leaf->end[pos] = new_end;
   leaf->area[pos] = node;

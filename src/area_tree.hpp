@@ -90,10 +90,9 @@ class AreaTree {
   std::optional<AreaRef> mark_lazy(std::uintptr_t start) noexcept;
 
   // Replaces the area starting exactly at `start` by [start, new_end), held
-  // by `node`, live or lazily freed as `live` says; new_end must lie in
-  // (start, old end]: the area may shrink, never grow. What it was, or
-  // nullopt (and nothing changes) when no area starts there or new_end is
-  // out of bounds.
+  // by `node`, live or lazily freed as `live` says. The area may shrink or
+  // grow, up to the next area's start. What it was, or nullopt (and nothing
+  // changes) when no area starts there or new_end is out of bounds.
   std::optional<AreaRef> reshape(std::uintptr_t start, std::uintptr_t new_end, AreaNode* node,
                                  bool live) noexcept;
 

@@ -45,6 +45,8 @@ class NodePool {
     n->next.store(nullptr, std::memory_order_relaxed);
     n->prev = nullptr;
     n->flags.store(0, std::memory_order_relaxed);
+    n->reusable = false;
+    n->joined = false;
     n->lazy_next = nullptr;
     ++in_use_;
     return n;

@@ -39,6 +39,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <map>
+#include <utility>
 #include <mutex>
 #include <new>
 #include <vector>
@@ -177,6 +178,26 @@ struct VaSpace::Impl {
 
   std::error_code free_lazy(std::uintptr_t start, bool reusable);
 
+  // The reusable index orders by size, then most recently indexed first.
+  using ReuseKey = std::pair<std::size_t, std::uint64_t>;
+  static ReuseKey reuse_key(const AreaNode* n) noexcept {
+    return {n->end - n->start, ~n->reuse_stamp};
+  }
+  // Adds the lazily freed n to the index as the most recent of its size.
+  // Lock held. May throw std::bad_alloc; nothing changes then.
+  void index_reusable_locked(AreaNode* n) {
+    n->reuse_stamp = ++reuse_clock;
+    reusable.emplace(reuse_key(n), n);
+    n->reusable = true;
+  }
+  void unindex_locked(AreaNode* n) noexcept {
+    reusable.erase(reuse_key(n));
+    n->reusable = false;
+  }
+  // Indexes the area just freed lazily, joined with reusable neighbours that
+  // touch it. Lock held. May throw std::bad_alloc; nothing changes then.
+  void make_reusable_locked(AreaNode* area);
+
   const VaSpaceOptions options;
   const std::size_t lazy_max;  // pages
 
@@ -186,9 +207,11 @@ struct VaSpace::Impl {
   NodePool pool;                 // lock
   // Lazily freed areas not yet being purged are on exactly one of these two:
   AreaNode* lazy_head = nullptr;  // lock; freed with free_lazy
-  // lock; freed with free_lazy_reusable (or left by a reuse_lazy cut), by
-  // size in bytes; among equal sizes the most recently added comes first.
-  std::multimap<std::size_t, AreaNode*> reusable;
+  // lock; freed with free_lazy_reusable (joined, or left by a reuse_lazy
+  // cut), by size in bytes; among equal sizes the most recently added first.
+  // Invariant: no two reusable areas touch (free_lazy_reusable joins them).
+  std::map<ReuseKey, AreaNode*> reusable;
+  std::uint64_t reuse_clock = 0;  // lock
   std::size_t lazy_pages = 0;    // lock; pages on lazy_head and in reusable
   std::size_t lazy_count = 0;    // lock; areas on lazy_head and in reusable
   std::size_t purging_count = 0;  // lock; taken off lazy_head by a running purge
@@ -262,6 +285,7 @@ void VaSpace::Impl::purge(bool blocking) {
     // From here on no reuse_lazy() can take these areas back.
     batch = lazy_head;
     for (const auto& entry : reusable) {
+      entry.second->reusable = false;
       entry.second->lazy_next = batch;
       batch = entry.second;
     }
@@ -400,11 +424,13 @@ std::error_code VaSpace::Impl::free_lazy(std::uintptr_t start, bool reusable_are
     AreaNode* node = ref->node;
     const std::size_t bytes = ref->end - ref->start;
     node->flags.store(AreaNode::kLazy, std::memory_order_relaxed);
+    lazy_pages += bytes / options.page_size;
+    ++lazy_count;
+    used -= bytes;
     bool indexed = false;
     if (reusable_area) {
       try {
-        // emplace_hint before the first equal key: most recent first.
-        reusable.emplace_hint(reusable.lower_bound(bytes), bytes, node);
+        make_reusable_locked(node);
         indexed = true;
       } catch (const std::bad_alloc&) {
         // Out of memory for the index: the area is freed all the same,
@@ -415,9 +441,6 @@ std::error_code VaSpace::Impl::free_lazy(std::uintptr_t start, bool reusable_are
       node->lazy_next = lazy_head;
       lazy_head = node;
     }
-    lazy_pages += bytes / options.page_size;
-    ++lazy_count;
-    used -= bytes;
     count(lazy_frees);
     publish_locked();
     over_limit = lazy_pages > lazy_max;
@@ -426,20 +449,65 @@ std::error_code VaSpace::Impl::free_lazy(std::uintptr_t start, bool reusable_are
   return {};
 }
 
-std::expected<Area, std::error_code> VaSpace::reuse_lazy(std::size_t size) {
+void VaSpace::Impl::make_reusable_locked(AreaNode* area) {
+  AreaNode* prev = nullptr;
+  AreaNode* next = nullptr;
+  if (area->start > options.start) {
+    const auto before = tree.containing(area->start - 1);
+    if (before && before->end == area->start && before->node->reusable) prev = before->node;
+  }
+  const auto after = tree.containing(area->end);
+  if (after && after->start == area->end && after->node->reusable) next = after->node;
+  if (!prev && !next) {
+    index_reusable_locked(area);
+    return;
+  }
+  // Join: one new node replaces the two or three, as in reuse_lazy (starts
+  // and ends never change while readers may see a node). What can throw
+  // comes first.
+  AreaNode* const joined = pool.get_locked();
+  joined->start = prev ? prev->start : area->start;
+  joined->end = next ? next->end : area->end;
+  joined->flags.store(AreaNode::kLazy, std::memory_order_relaxed);
+  try {
+    index_reusable_locked(joined);
+  } catch (...) {
+    pool.retire_locked(joined);  // never published
+    throw;
+  }
+  joined->joined = true;
+  if (prev) unindex_locked(prev);
+  if (next) {
+    unindex_locked(next);
+    tree.erase(next->start);
+  }
+  if (prev) tree.erase(area->start);
+  tree.reshape(joined->start, joined->end, joined, /*live=*/false);
+  list.replace_range_locked(prev ? prev : area, next ? next : area, joined);
+  if (prev) pool.retire_locked(prev);
+  pool.retire_locked(area);
+  if (next) pool.retire_locked(next);
+  lazy_count -= (prev ? 1 : 0) + (next ? 1 : 0);
+}
+
+std::expected<ReusedArea, std::error_code> VaSpace::reuse_lazy(std::size_t size) {
   Impl& s = *impl_;
   const std::size_t page = s.options.page_size;
   if (size == 0) return std::unexpected(make_error_code(errc::zero_size));
   if (size > SIZE_MAX - (page - 1)) return std::unexpected(make_error_code(errc::size_overflow));
   const std::size_t bytes = (size + page - 1) & ~(page - 1);
   std::lock_guard<std::mutex> g(s.lock);
-  const auto it = s.reusable.lower_bound(bytes);  // smallest fit, most recent
+  // Smallest fit, most recent first.
+  const auto it = s.reusable.lower_bound(Impl::ReuseKey{bytes, 0});
   if (it == s.reusable.end()) return std::unexpected(make_error_code(errc::no_space));
   AreaNode* const old = it->second;
   const Area was{old->start, old->end};
+  const bool joined = old->joined;
   if (was.end - was.start == bytes) {
     // Exact fit: the same node turns live again; readers see its flag flip.
     s.reusable.erase(it);
+    old->reusable = false;
+    old->joined = false;
     s.tree.reshape(was.start, was.end, old, /*live=*/true);
     old->flags.store(0, std::memory_order_relaxed);
     --s.lazy_count;
@@ -451,20 +519,21 @@ std::expected<Area, std::error_code> VaSpace::reuse_lazy(std::size_t size) {
     s.tree.reserve_for_insert();
     AreaNode* const live = s.pool.get_locked();
     AreaNode* rest = nullptr;
-    const std::size_t rest_bytes = was.end - was.start - bytes;
     try {
       rest = s.pool.get_locked();
-      s.reusable.emplace_hint(s.reusable.lower_bound(rest_bytes), rest_bytes, rest);
+      rest->start = was.start + bytes;
+      rest->end = was.end;
+      s.index_reusable_locked(rest);
     } catch (...) {
       s.pool.retire_locked(live);  // never published; reused after a grace period
       if (rest) s.pool.retire_locked(rest);
       throw;
     }
     s.reusable.erase(it);
+    old->reusable = false;
+    rest->joined = joined;
     live->start = was.start;
     live->end = was.start + bytes;
-    rest->start = was.start + bytes;
-    rest->end = was.end;
     rest->flags.store(AreaNode::kLazy, std::memory_order_relaxed);
     s.tree.reshape(was.start, live->end, live, /*live=*/true);
     s.tree.insert(rest->start, rest->end, rest, /*live=*/false);
@@ -475,7 +544,7 @@ std::expected<Area, std::error_code> VaSpace::reuse_lazy(std::size_t size) {
   s.used += bytes;
   Impl::count(s.lazy_reuses);
   s.publish_locked();
-  return was;
+  return ReusedArea{was, joined};
 }
 
 void VaSpace::purge() { impl_->purge(/*blocking=*/true); }
@@ -581,12 +650,21 @@ std::string VaSpace::check_invariants() const {
     ++lazy_listed;
     lazy_pages += (l->end - l->start) / page;
   }
-  for (const auto& [bytes, l] : s.reusable) {
-    if (!l->lazy()) return "live area in the reusable index";
-    if (l->end - l->start != bytes) return "reusable index key differs from the area's size";
+  for (const auto& [key, l] : s.reusable) {
+    if (!l->lazy() || !l->reusable) return "live or unmarked area in the reusable index";
+    if (key != Impl::reuse_key(l)) return "reusable index key differs from the area's size or stamp";
     ++lazy_listed;
-    lazy_pages += bytes / page;
+    lazy_pages += (l->end - l->start) / page;
   }
+  std::size_t marked = 0;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    if (!entries[i].node->reusable) continue;
+    ++marked;
+    if (i + 1 < entries.size() && entries[i + 1].node->reusable && entries[i].end == entries[i + 1].start) {
+      return "two reusable areas touch and were not joined";
+    }
+  }
+  if (marked != s.reusable.size()) return "areas marked reusable differ from the reusable index";
   if (lazy_listed != s.lazy_count || lazy_pages != s.lazy_pages) {
     return "lazy counters differ from the lazy list";
   }

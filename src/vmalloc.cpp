@@ -17,14 +17,18 @@
 //
 // Reuse (options.reuse): vfree frees with free_lazy_reusable, so until the
 // purge begins VaSpace::reuse_lazy may hand the area back. Invariant: every
-// reusable lazily freed area is its committed pages followed by one reserved
-// guard page (or committed pages only, without guard pages). vfree keeps it
-// (the area was handed out that way); a cut keeps it for both pieces because
-// vmalloc reserves the new guard page right after the part it hands out
-// (os::guard) before anything else can happen to it, and the rest ends in
-// the old guard page. If that call fails, the cut piece is freed with plain
-// free_lazy (never reused) and vmalloc takes fresh pages. Reused pages hold
-// the last owner's data: os::zero clears them.
+// reusable lazily freed area ends in a reserved guard page, and every other
+// page of it is committed or a reserved guard page of an area it was joined
+// from (ReusedArea::joined); without guard pages, every page is committed.
+// vfree keeps it (the area was handed out that way); VaSpace joining two
+// such areas keeps it; a cut keeps it for both pieces because vmalloc
+// reserves the new guard page right after the part it hands out (os::guard)
+// before anything else can happen to it, and the rest ends in the old
+// guard page. A joined area's part is committed whole first (os::commit:
+// one mprotect over it, old guards included). If either call fails, the
+// piece is freed with plain free_lazy (never reused, the purge decommits
+// it) and vmalloc takes fresh pages. Reused pages hold the last owner's
+// data: os::zero clears them.
 //
 // Concurrency:
 // * VaSpace's writers' lock guards the areas (inside VaSpace). The system
@@ -125,6 +129,7 @@ struct Vmalloc::Impl {
   std::atomic<std::uint64_t> quarantined_bytes{0};
   std::atomic<std::uint64_t> reuses{0};
   std::atomic<std::uint64_t> reuse_splits{0};
+  std::atomic<std::uint64_t> reuse_joined{0};
 
   std::atomic<bool> quarantine_active{false};  // runs or holders not empty
   std::mutex quarantine_mutex;
@@ -179,14 +184,20 @@ std::expected<void*, std::error_code> Vmalloc::Impl::vmalloc(std::size_t size, V
 void* Vmalloc::Impl::reuse(std::size_t usable_bytes, std::size_t area_bytes) {
   const auto taken = space->reuse_lazy(area_bytes);
   if (!taken) return nullptr;  // nothing reusable fits: fresh pages
-  const Area& was = *taken;
+  const Area& was = taken->was;
   void* const pointer = as_pointer(was.start);
-  if (size_of(was) != area_bytes) {
-    reuse_splits.fetch_add(1, std::memory_order_relaxed);
-    if (guard_bytes != 0 && os::guard(as_pointer(was.start + usable_bytes), guard_bytes)) {
-      // No guard after the piece: never hand it out, never reuse it; the
-      // next purge decommits it whatever state it is in.
-      must_succeed(space->free_lazy(was.start), "lazy free of a piece without its guard");
+  const bool cut = size_of(was) != area_bytes;
+  if (cut) reuse_splits.fetch_add(1, std::memory_order_relaxed);
+  if (taken->joined) reuse_joined.fetch_add(1, std::memory_order_relaxed);
+  if (guard_bytes != 0) {
+    // Old guard pages inside the part handed out become writable, and the
+    // page after it becomes the guard. If the kernel refuses either, the
+    // piece is never handed out nor reused; the next purge decommits it
+    // whatever state it is in.
+    const bool refused = (taken->joined && os::commit(pointer, usable_bytes)) ||
+                         (cut && os::guard(as_pointer(was.start + usable_bytes), guard_bytes));
+    if (refused) {
+      must_succeed(space->free_lazy(was.start), "lazy free of a piece the kernel would not prepare");
       return nullptr;
     }
   }
@@ -362,6 +373,7 @@ VmallocStats Vmalloc::stats() const noexcept {
       .quarantined_bytes = impl.quarantined_bytes.load(std::memory_order_relaxed),
       .reuses = impl.reuses.load(std::memory_order_relaxed),
       .reuse_splits = impl.reuse_splits.load(std::memory_order_relaxed),
+      .reuse_joined = impl.reuse_joined.load(std::memory_order_relaxed),
   };
 }
 

@@ -223,16 +223,17 @@ class Writer {
 
   // Takes back an area freed with free_lazy_reusable, by any writer.
   void reuse_area(std::size_t size) {
-    const auto was = s_.space.reuse_lazy(size);
-    if (!was) {
-      if (is_error(was.error(), errc::no_space)) {
+    const auto got = s_.space.reuse_lazy(size);
+    if (!got) {
+      if (is_error(got.error(), errc::no_space)) {
         ++r_.reuse_misses;
         return;
       }
       return s_.violations.report("VaSpace::reuse_lazy(" + std::to_string(size) + ") failed: " +
-                                  was.error().message());
+                                  got.error().message());
     }
     ++r_.reuses;
+    const Area* was = &got->was;
     const std::size_t rounded = (size + kSpacePage - 1) / kSpacePage * kSpacePage;
     if (was->end - was->start < rounded || was->start % kSpacePage != 0)
       s_.violations.report("reuse_lazy(" + std::to_string(size) + ") took [" + hex(was->start) + ", " +

@@ -71,6 +71,18 @@ struct AreaInfo {
   bool lazy;  // freed with free_lazy, waiting for a purge
 };
 
+// What VaSpace::reuse_lazy() took back.
+struct ReusedArea {
+  // The reusable lazily freed area before the cut; the new live area is its
+  // first round_up(size, page_size) bytes.
+  Area was;
+  // true when `was` was joined from areas freed separately (see
+  // free_lazy_reusable): whatever the owner kept at their old boundaries
+  // (Vmalloc: a guard page after each) may lie inside it. A piece left over
+  // from a joined area stays joined.
+  bool joined;
+};
+
 // Writer-side event counts since create(); read without the lock.
 struct VaSpaceStats {
   std::uint64_t allocs, frees, lazy_frees, purges, purged_areas, failed_allocs;
@@ -120,20 +132,25 @@ class VaSpace {
   // it: Vmalloc keeps a freed area's pages committed until the purge, so
   // reusing them skips a page fault per page. The area still counts as
   // lazily freed (info(), lazy_max_pages, purge) until it is reused.
+  // It is joined at once with a reusable lazily freed area that ends where
+  // it starts and with one that starts where it ends, into one reusable area
+  // (one entry in for_each_area), so the pieces that cuts leave behind grow
+  // back into large areas instead of piling up until a purge.
   // Errors: invalid_argument unless `start` is the start of a live area.
   std::error_code free_lazy_reusable(std::uintptr_t start);
 
   // VaSpace::reuse_lazy() takes back an area freed with free_lazy_reusable()
   // that no purge has begun on, instead of a fresh one: the smallest such
-  // area of at least round_up(size, page_size) bytes, the most recently freed
-  // among equal sizes. Its first round_up(size, page_size) bytes become a
-  // live area at its start (page aligned); the rest, if any, stays lazily
-  // freed and reusable. Returns the lazily freed area as it was before, so
-  // the owner knows the state of the pages it got back. Never purges.
+  // area of at least round_up(size, page_size) bytes, the most recently made
+  // reusable among equal sizes (freed, joined, or left over from a cut).
+  // Its first round_up(size, page_size) bytes become a live area at its
+  // start (page aligned); the rest, if any, stays lazily freed and reusable.
+  // Returns the lazily freed area as it was before, so the owner knows the
+  // state of the pages it got back. Never purges.
   // Errors: invalid_argument (zero_size, size_overflow); not_enough_memory
   // (no_space) when no reusable area is large enough. Nothing changes on an
   // error.
-  [[nodiscard]] std::expected<Area, std::error_code> reuse_lazy(std::size_t size);
+  [[nodiscard]] std::expected<ReusedArea, std::error_code> reuse_lazy(std::size_t size);
 
   // VaSpace::purge() hands every lazily freed area to on_purge (merged) and
   // then makes it free. When it returns, every area lazily freed before the

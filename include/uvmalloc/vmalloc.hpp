@@ -19,9 +19,11 @@
 //
 // Reuse (VmallocOptions::reuse, on by default): until the purge, a freed
 // area's pages are still mapped and resident, so vmalloc first looks for the
-// smallest freed area that fits (VaSpace::reuse_lazy), zeroes the part it
+// smallest freed area that fits (VaSpace::reuse_lazy; neighbouring freed
+// buffers are joined into one area as they are freed), zeroes the part it
 // hands out and cuts a new guard page after it if the area was larger (one
-// mmap of that page). Zeroing asks the kernel which pages are resident
+// mmap of that page; one mprotect more when the part spans the old guard
+// pages of joined buffers). Zeroing asks the kernel which pages are resident
 // (mincore): those are cleared with memset, which costs a fraction of a page
 // fault per page (the kernel zeroes fresh pages too, and adds a trap, page
 // allocation and accounting to each); long runs of absent pages are dropped
@@ -92,10 +94,13 @@ struct VmallocStats {
   // it out while quarantined_bytes counts it; the decommit is retried before
   // every vmalloc and purge until it succeeds.
   std::uint64_t decommit_failures, quarantined_bytes;
-  // vmallocs served from freed, not yet purged pages (VmallocOptions::reuse),
-  // and how many of those cut a larger freed area: with guard pages each cut
-  // makes one system call for the new guard page (an exact fit makes none).
-  std::uint64_t reuses, reuse_splits;
+  // vmallocs served from freed, not yet purged pages (VmallocOptions::reuse);
+  // how many of those cut a larger freed area, and how many took (part of)
+  // an area joined from neighbours freed separately. With guard pages each
+  // cut makes one system call for the new guard page and each joined one
+  // one mprotect over the part handed out (its old guard pages become
+  // writable); an exact fit of one freed buffer makes none.
+  std::uint64_t reuses, reuse_splits, reuse_joined;
 };
 
 class Vmalloc {
