@@ -115,9 +115,13 @@ void run(const ChurnOptions& options) {
   }
 
   std::vector<std::string> notes = {
-      strprintf("One op = take a buffer of %zu KiB - %zu KiB (uniform), write one byte per page, "
-                "give it back; ops/s are totals over all threads.",
-                plan.min_bytes / 1024, plan.max_bytes / 1024),
+      plan.hold == 1
+          ? strprintf("One op = take a buffer of %zu KiB - %zu KiB (uniform), write one byte per page, "
+                      "give it back; ops/s are totals over all threads.",
+                      plan.min_bytes / 1024, plan.max_bytes / 1024)
+          : strprintf("One op = take a buffer of %zu KiB - %zu KiB (uniform), write one byte per page, "
+                      "give back the oldest of the %zu each thread holds; ops/s are totals over all threads.",
+                      plan.min_bytes / 1024, plan.max_bytes / 1024, plan.hold),
       strprintf("Each run is its own process; medians of %u repeat(s) of %g s, interleaved; "
                 "x columns are medians of per-repeat ratios at the same thread count.",
                 plan.repeats, plan.seconds),
@@ -220,6 +224,12 @@ void register_bench_churn(CLI::App& bench) {
          },
          "Vmalloc's lazy_max_pages; 0 = the kernel's formula")
       ->default_str("0")
+      ->type_name("N");
+  sub->add_option_function<std::string>(
+         "--hold",
+         [&plan](const std::string& text) { plan.hold = parse_count("--hold", text, 1, 4096); },
+         "Buffers each thread holds; each op gives back the oldest (1: take, touch, give back)")
+      ->default_str("1")
       ->type_name("N");
   sub->add_flag_callback(
       "--no-strace", [&plan] { plan.count_syscalls = false; },

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -167,6 +168,9 @@ ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, const ChurnPlan& plan
       std::uniform_int_distribution<std::size_t> sizes(plan.min_bytes, plan.max_bytes);
       while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
       std::uint64_t done = 0;
+      // Buffers in flight, oldest first; one op takes one and gives back
+      // the oldest once plan.hold are held.
+      std::deque<std::pair<void*, std::size_t>> held;
       while (!stop.load(std::memory_order_relaxed)) {
         const std::size_t size = sizes(random);
         void* buffer = buffers.take(size);
@@ -175,9 +179,14 @@ ChurnRun run_churn_child(ChurnPeer peer, unsigned threads, const ChurnPlan& plan
           break;
         }
         touch_every_page(buffer, size);
-        buffers.give_back(buffer, size);
-        ++done;
+        held.emplace_back(buffer, size);
+        if (held.size() >= plan.hold) {
+          buffers.give_back(held.front().first, held.front().second);
+          held.pop_front();
+          ++done;
+        }
       }
+      for (const auto& [buffer, size] : held) buffers.give_back(buffer, size);
       ops[t] = done;
     });
   }
@@ -232,7 +241,7 @@ bool peer_returns_memory(ChurnPeer peer) noexcept {
   return peer != ChurnPeer::glibc && peer != ChurnPeer::jemalloc;
 }
 
-bool peer_available(ChurnPeer peer) noexcept {
+bool peer_available([[maybe_unused]] ChurnPeer peer) noexcept {
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   if (is_malloc_peer(peer)) return false;
 #endif
@@ -352,7 +361,9 @@ std::vector<std::string> child_arguments(const std::string& exe, ChurnPeer peer,
           "--min-kib",
           strprintf("%zu", plan.min_bytes / 1024),
           "--max-kib",
-          strprintf("%zu", plan.max_bytes / 1024)};
+          strprintf("%zu", plan.max_bytes / 1024),
+          "--hold",
+          strprintf("%zu", plan.hold)};
 }
 
 std::vector<std::string> child_environment(ChurnPeer peer) {

@@ -3,7 +3,8 @@
 //
 // Each of T threads loops: take a buffer of a random size in [64 KiB, 1 MiB]
 // (or the range asked for), write one byte to every page, give the buffer
-// back. The peers:
+// back (with --hold N, give back the oldest of the N it holds: buffers in
+// flight, as in a pipeline, so frees no longer follow allocations). The peers:
 //
 //   vmalloc           Vmalloc::vmalloc / vfree on defaults: lazy, one decommit
 //                     per merged run, freed areas reused until the purge
@@ -64,6 +65,7 @@ struct ChurnPlan {
   double seconds = 1;             // per run
   unsigned repeats = 3;
   std::size_t lazy_max_pages = 0;  // for the vmalloc peers; 0: the kernel's formula
+  std::size_t hold = 1;            // buffers each thread keeps; it gives back the oldest
   bool count_syscalls = true;      // the strace pass for the malloc peers
 };
 
