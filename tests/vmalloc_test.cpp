@@ -708,7 +708,8 @@ TEST(VmallocReuse, ResidentMemoryStaysBoundedUnderReuseChurn) {
   vm->purge();
   EXPECT_EQ(vm->stats().areas_live, 0u);
   EXPECT_EQ(vm->space().info().used, 0u);
-  EXPECT_LE(resident_bytes(), baseline + 2 * MiB);
+  // ASan's shadow of every page touched (an eighth of it) stays resident.
+  EXPECT_LE(resident_bytes(), baseline + (kSanitized ? 8 * MiB : 2 * MiB));
 }
 
 TEST(VmallocReuse, VfreeOfAnythingButAReusedAreasStartIsRejected) {
