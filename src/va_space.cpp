@@ -39,9 +39,9 @@
 #include <cinttypes>
 #include <cstdio>
 #include <map>
-#include <utility>
 #include <mutex>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "area_list.hpp"
