@@ -157,7 +157,8 @@ std::string describe(const VmallocStats& s) {
   out << "areas_live " << s.areas_live << ", bytes_live " << s.bytes_live << ", purges "
       << s.purges << ", unmap_calls " << s.unmap_calls << ", unmapped_bytes " << s.unmapped_bytes
       << ", decommit_failures " << s.decommit_failures << ", quarantined_bytes "
-      << s.quarantined_bytes << ", reuses " << s.reuses << ", reuse_splits " << s.reuse_splits;
+      << s.quarantined_bytes << ", reuses " << s.reuses << ", reuse_splits " << s.reuse_splits
+      << ", reuse_joined " << s.reuse_joined;
   return out.str();
 }
 
@@ -466,6 +467,38 @@ TEST_F(FaultInjection, RefusedGuardPageServesFreshPagesAndLeaksNothing) {
     EXPECT_EQ(m.rss_kb, 0u) << describe(kernel_view(base(), limit()));
   }
   (void)kept;
+}
+
+TEST_F(FaultInjection, RefusedCommitOfAJoinedAreaServesFreshPagesAndLeaksNothing) {
+  // Two neighbours freed separately are one joined area; handing it out
+  // again needs one commit over the old guard page between them.
+  void* a = must_vmalloc(4 * kPage);  // [0,5)
+  void* b = must_vmalloc(4 * kPage);  // [5,10)
+  void* kept = must_vmalloc(kPage);   // [10,12)
+  ASSERT_FALSE(heap_->vfree(a));
+  ASSERT_FALSE(heap_->vfree(b));
+  void* p = nullptr;
+  {
+    Injection refuse(OsCall::commit, 0, 1);
+    p = must_vmalloc(9 * kPage);  // the joined area exactly
+  }
+  EXPECT_EQ(p, static_cast<char*>(a) + 12 * kPage) << "fresh pages after kept and its guard";
+  expect_usable(p, 9 * kPage);
+  EXPECT_EQ(protection(static_cast<char*>(p) + 9 * kPage, kPage), "---p") << "its guard page";
+  // The joined area is lazily freed, never handed out again before the purge.
+  void* q = must_vmalloc(4 * kPage);
+  EXPECT_EQ(q, static_cast<char*>(p) + 10 * kPage);
+  ASSERT_FALSE(heap_->vfree(p));
+  ASSERT_FALSE(heap_->vfree(q));
+  ASSERT_FALSE(heap_->vfree(kept));
+  heap_->purge();
+  EXPECT_EQ(heap_->stats().areas_live, 0u);
+  EXPECT_EQ(heap_->stats().quarantined_bytes, 0u);
+  EXPECT_TRUE(uvmalloc::testing::list_areas(heap_->space()).empty());
+  for (const Mapping& m : kernel_view(base(), limit())) {
+    EXPECT_EQ(m.perms, "---p") << describe(kernel_view(base(), limit()));
+    EXPECT_EQ(m.rss_kb, 0u) << describe(kernel_view(base(), limit()));
+  }
 }
 
 /*** reserve: mmap(PROT_NONE, MAP_NORESERVE) in create ***/

@@ -78,6 +78,7 @@ enum Event {
   free_lazy_reusable_not_an_area,
   reuse_exact_fit,
   reuse_split,
+  reuse_joined,
   reuse_zero_size,
   reuse_size_overflow,
   reuse_no_space,
@@ -93,7 +94,7 @@ constexpr std::array<const char*, kEventCount> kEventNames = {
     "alloc_ok",          "alloc_in_range_ok",  "alloc_ok_after_purge", "alloc_zero_size",
     "alloc_bad_alignment", "alloc_bad_range",  "alloc_size_overflow",  "alloc_no_space",
     "free_ok",           "free_lazy_ok",       "free_not_an_area",     "free_lazy_not_an_area",
-    "free_lazy_reusable_ok", "free_lazy_reusable_not_an_area", "reuse_exact_fit", "reuse_split",
+    "free_lazy_reusable_ok", "free_lazy_reusable_not_an_area", "reuse_exact_fit", "reuse_split", "reuse_joined",
     "reuse_zero_size",   "reuse_size_overflow", "reuse_no_space",
     "purge_explicit",    "purge_lazy_limit",   "purge_alloc_retry",    "find_live",
     "find_lazy",         "find_nothing",
@@ -106,12 +107,11 @@ std::string describe_result(const std::expected<std::uintptr_t, std::error_code>
 std::string describe_result(const std::expected<std::uintptr_t, errc>& result) {
   return result ? hex(*result) : "error " + make_error_code(result.error()).message();
 }
-std::string describe_result(const std::expected<Area, std::error_code>& result) {
-  return result ? describe(std::optional<Area>(*result)) : "error " + result.error().message();
+std::string describe_result(const std::expected<ReusedArea, std::error_code>& result) {
+  return result ? describe(*result) : "error " + result.error().message();
 }
-std::string describe_result(const std::expected<Area, errc>& result) {
-  return result ? describe(std::optional<Area>(*result))
-                : "error " + make_error_code(result.error()).message();
+std::string describe_result(const std::expected<ReusedArea, errc>& result) {
+  return result ? describe(*result) : "error " + make_error_code(result.error()).message();
 }
 
 // The std::errc each uvmalloc code must compare equal to.
@@ -268,10 +268,10 @@ class ModelRun {
     return ::testing::AssertionFailure()
            << "VaSpace returned " << describe_result(actual) << ", model " << describe_result(expected);
   }
-  static ::testing::AssertionResult same(const std::expected<Area, std::error_code>& actual,
-                                         const std::expected<Area, errc>& expected) {
+  static ::testing::AssertionResult same(const std::expected<ReusedArea, std::error_code>& actual,
+                                         const std::expected<ReusedArea, errc>& expected) {
     const bool equal = actual.has_value() == expected.has_value() &&
-                       (actual ? *actual == *expected
+                       (actual ? actual->was == expected->was && actual->joined == expected->joined
                                : actual.error() == expected.error() &&
                                      actual.error() == generic(expected.error()));
     if (equal) return ::testing::AssertionSuccess();
@@ -386,8 +386,10 @@ class ModelRun {
       result = same(actual, expected);
       if (expected) {
         ++expected_stats_.lazy_reuses;
-        const bool exact = expected->end - expected->start == (size + page_size() - 1) / page_size() * page_size();
+        const bool exact =
+            expected->was.end - expected->was.start == (size + page_size() - 1) / page_size() * page_size();
         ++events[exact ? reuse_exact_fit : reuse_split];
+        if (expected->joined) ++events[reuse_joined];
       } else {
         constexpr std::pair<errc, Event> kErrors[] = {{errc::zero_size, reuse_zero_size},
                                                       {errc::size_overflow, reuse_size_overflow},
@@ -397,8 +399,8 @@ class ModelRun {
       }
       // The part handed out is live at once, from its first byte to its last.
       if (result && expected) {
-        const std::uintptr_t live_end = model_->find(expected->start)->end;
-        for (std::uintptr_t address : {expected->start, live_end - 1})
+        const std::uintptr_t live_end = model_->find(expected->was.start)->end;
+        for (std::uintptr_t address : {expected->was.start, live_end - 1})
           if (space_->find(address) != model_->find(address))
             result = ::testing::AssertionFailure() << "after reuse_lazy, find(" << hex(address)
                                                    << ") is " << describe(space_->find(address));
@@ -536,42 +538,60 @@ TEST(ReferenceModelSelfCheck, ModelFollowsTheContractOnAHandWorkedExample) {
 
 TEST(ReferenceModelSelfCheck, ModelReusesTheSmallestMostRecentReusableArea) {
   using Allocated = std::expected<std::uintptr_t, errc>;
-  using Reused = std::expected<Area, errc>;
   constexpr std::uintptr_t kBase = 0x10000;
   const auto page = [](std::size_t n) { return kBase + n * 4096; };
+  const auto reused = [](std::size_t first, std::size_t last, bool joined) {
+    return ReusedArea{{0x10000 + first * 4096, 0x10000 + last * 4096}, joined};
+  };
+  const auto same = [](const std::expected<ReusedArea, errc>& actual, const std::expected<ReusedArea, errc>& want) {
+    return actual.has_value() == want.has_value() &&
+           (actual ? actual->was == want->was && actual->joined == want->joined : actual.error() == want.error());
+  };
+  const auto error = [](errc code) { return std::expected<ReusedArea, errc>(std::unexpected(code)); };
   ReferenceModel model(kBase, page(32), 4096, /*lazy_max_pages=*/100);
-  EXPECT_EQ(model.alloc(4 * 4096, 1), Allocated(page(0)));   // [0,4)
-  EXPECT_EQ(model.alloc(2 * 4096, 1), Allocated(page(4)));   // [4,6)
-  EXPECT_EQ(model.alloc(2 * 4096, 1), Allocated(page(6)));   // [6,8)
-  EXPECT_EQ(model.alloc(2 * 4096, 1), Allocated(page(8)));   // [8,10)
-  EXPECT_EQ(model.alloc(1 * 4096, 1), Allocated(page(10)));  // [10,11)
-  EXPECT_EQ(model.reuse_lazy(4096), Reused(std::unexpected(errc::no_space)));
-  EXPECT_EQ(model.free_lazy(page(10)), std::nullopt);  // never reusable
-  EXPECT_EQ(model.reuse_lazy(4096), Reused(std::unexpected(errc::no_space)));
+  // [0,4) [4,5) [5,7) [7,8) [8,10) [10,11) [11,12), back to back.
+  for (auto [first, last] : {std::pair{0, 4}, {4, 5}, {5, 7}, {7, 8}, {8, 10}, {10, 11}, {11, 12}})
+    ASSERT_EQ(model.alloc((last - first) * 4096, 1), Allocated(page(first)));
+  EXPECT_TRUE(same(model.reuse_lazy(4096), error(errc::no_space)));
+  EXPECT_EQ(model.free_lazy(page(10)), std::nullopt);  // never reusable, never joined with
+  EXPECT_TRUE(same(model.reuse_lazy(4096), error(errc::no_space)));
   EXPECT_EQ(model.free_lazy_reusable(page(0)), std::nullopt);
-  EXPECT_EQ(model.free_lazy_reusable(page(4)), std::nullopt);
+  EXPECT_EQ(model.free_lazy_reusable(page(5)), std::nullopt);
   EXPECT_EQ(model.free_lazy_reusable(page(8)), std::nullopt);
+  EXPECT_EQ(model.free_lazy_reusable(page(11)), std::nullopt);  // touches only the plain lazy [10,11)
   EXPECT_EQ(model.free_lazy_reusable(page(8)), errc::not_an_area);
-  EXPECT_EQ(model.lazy_pages(), 9u);
-  EXPECT_EQ(model.reuse_lazy(0), Reused(std::unexpected(errc::zero_size)));
-  EXPECT_EQ(model.reuse_lazy(kMaxSize), Reused(std::unexpected(errc::size_overflow)));
-  EXPECT_EQ(model.reuse_lazy(5 * 4096), Reused(std::unexpected(errc::no_space)));
+  EXPECT_EQ(model.lazy_pages(), 10u);
+  EXPECT_TRUE(same(model.reuse_lazy(0), error(errc::zero_size)));
+  EXPECT_TRUE(same(model.reuse_lazy(kMaxSize), error(errc::size_overflow)));
+  EXPECT_TRUE(same(model.reuse_lazy(5 * 4096), error(errc::no_space)));
   // Two 2-page areas: the one freed last wins; 4 pages would also fit.
-  EXPECT_EQ(model.reuse_lazy(2 * 4096 - 1), Reused(Area{page(8), page(10)}));
+  EXPECT_TRUE(same(model.reuse_lazy(2 * 4096 - 1), reused(8, 10, false)));
   EXPECT_EQ(model.find(page(9)), (Area{page(8), page(10)}));
-  EXPECT_EQ(model.reuse_lazy(4096), Reused(Area{page(4), page(6)}));  // split
-  EXPECT_EQ(model.find(page(4)), (Area{page(4), page(5)}));
-  EXPECT_EQ(model.reusable_areas(), (std::vector<Area>{{page(0), page(4)}, {page(5), page(6)}}));
-  EXPECT_EQ(model.lazy_pages(), 6u);  // [0,4), [5,6) and the plain lazy [10,11)
-  EXPECT_EQ(model.reuse_lazy(4096), Reused(Area{page(5), page(6)}));  // the 1-page remainder
-  EXPECT_EQ(model.reuse_lazy(4096), Reused(Area{page(0), page(4)}));
-  EXPECT_EQ(model.reuse_lazy(4096), Reused(Area{page(1), page(4)}));  // the remainder, just made
-  EXPECT_EQ(model.info(), (VmallocInfo{32 * 4096, 8 * 4096, 22 * 4096}));  // lazy [10,11) is free
+  EXPECT_TRUE(same(model.reuse_lazy(4096), reused(11, 12, false)));  // the smallest
+  EXPECT_TRUE(same(model.reuse_lazy(4096), reused(5, 7, false)));    // split: [5,6) live, [6,7) rest
+  EXPECT_EQ(model.find(page(5)), (Area{page(5), page(6)}));
+  EXPECT_EQ(model.reusable_areas(), (std::vector<Area>{{page(0), page(4)}, {page(6), page(7)}}));
+  // Joining: [4,5) joins [0,4) before it; [5,6) after it is live.
+  EXPECT_EQ(model.free_lazy_reusable(page(4)), std::nullopt);
+  EXPECT_EQ(model.reusable_areas(), (std::vector<Area>{{page(0), page(5)}, {page(6), page(7)}}));
+  EXPECT_EQ(model.free_lazy_reusable(page(5)), std::nullopt);  // joins both sides
+  EXPECT_EQ(model.reusable_areas(), (std::vector<Area>{{page(0), page(7)}}));
+  EXPECT_EQ(model.areas().size(), 5u);  // [0,7) lazy, [7,8), [8,10), [10,11) lazy, [11,12)
+  EXPECT_EQ(model.lazy_pages(), 8u);
+  EXPECT_TRUE(same(model.reuse_lazy(3 * 4096), reused(0, 7, true)));
+  EXPECT_TRUE(same(model.reuse_lazy(4096), reused(3, 7, true)));  // the rest stays joined
+  EXPECT_EQ(model.free_lazy_reusable(page(3)), std::nullopt);     // joins the rest [4,7) again
+  EXPECT_TRUE(same(model.reuse_lazy(4 * 4096), reused(3, 7, true)));
+  EXPECT_EQ(model.free_lazy_reusable(page(7)), std::nullopt);  // alone: not joined
+  EXPECT_TRUE(same(model.reuse_lazy(4096), reused(7, 8, false)));
+  EXPECT_EQ(model.info(), (VmallocInfo{32 * 4096, 11 * 4096, 20 * 4096}));  // lazy [10,11) is free
   // A purge takes every lazy area; nothing is reusable after it.
+  EXPECT_EQ(model.free_lazy_reusable(page(8)), std::nullopt);
   model.purge();
   ASSERT_EQ(model.purges().size(), 1u);
-  EXPECT_EQ(model.purges()[0].merged, (std::vector<Area>{{page(2), page(4)}, {page(10), page(11)}}));
-  EXPECT_EQ(model.reuse_lazy(4096), Reused(std::unexpected(errc::no_space)));
+  EXPECT_EQ(model.purges()[0].merged, (std::vector<Area>{{page(8), page(11)}}));
+  EXPECT_EQ(model.purges()[0].areas, 2u);
+  EXPECT_TRUE(same(model.reuse_lazy(4096), error(errc::no_space)));
 }
 
 }  // namespace

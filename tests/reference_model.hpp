@@ -25,9 +25,12 @@
 //    lazily freed pages > lazy_max_pages (strictly greater).
 //  * on_purge receives the lazy ranges in address order, ranges whose ends
 //    touch (a.end == b.start) merged into one.
-//  * free_lazy_reusable is free_lazy (same errors, same automatic purge) that
-//    also marks the area reusable. A purge removes every lazy area, so no
-//    purged range can be reused; areas freed with free_lazy never are.
+//  * free_lazy_reusable is free_lazy (same errors, same automatic purge, after
+//    joining) that also marks the area reusable, joined at once with a
+//    reusable area ending where it starts and one starting where it ends into
+//    one area, marked joined and made reusable now. A purge removes every lazy
+//    area, so no purged range can be reused; areas freed with free_lazy never
+//    are, nor joined with.
 //  * reuse_lazy error precedence: size == 0 (zero_size), size rounded up to
 //    a page overflows (size_overflow), no reusable area of at least the
 //    rounded size (no_space). It never purges and is not counted as an alloc
@@ -35,8 +38,8 @@
 //  * reuse_lazy picks the smallest reusable area that fits; among equal sizes
 //    the one made reusable last (freed, or left over by a split). It returns
 //    that area as it was; its first `rounded` bytes become live, the rest (if
-//    any) stays lazy and reusable as a new area, made reusable now. Lazily
-//    freed pages drop by rounded / page_size.
+//    any) stays lazy and reusable as a new area, made reusable now, joined if
+//    the area was. Lazily freed pages drop by rounded / page_size.
 //
 // Not thread-safe: one thread drives it.
 #pragma once
@@ -98,7 +101,7 @@ class ReferenceModel {
       fit = lowest_fit(rounded, alignment, vstart, vend);
     }
     if (!fit) return std::unexpected(errc::no_space);
-    areas_.emplace(*fit, Entry{*fit + rounded, false, false, 0});
+    areas_.emplace(*fit, Entry{*fit + rounded, false, false, 0, false});
     return *fit;
   }
 
@@ -117,7 +120,7 @@ class ReferenceModel {
   [[nodiscard]] std::optional<errc> free_lazy_reusable(std::uintptr_t start) {
     return mark_lazy(start, /*reusable=*/true);
   }
-  [[nodiscard]] std::expected<Area, errc> reuse_lazy(std::size_t size) {
+  [[nodiscard]] std::expected<ReusedArea, errc> reuse_lazy(std::size_t size) {
     if (size == 0) return std::unexpected(errc::zero_size);
     if (size > kMaxAddress - (page_size_ - 1)) return std::unexpected(errc::size_overflow);
     const std::uintptr_t rounded = round_up(size, page_size_);
@@ -136,10 +139,10 @@ class ReferenceModel {
         best = it;
     }
     if (best == areas_.end()) return std::unexpected(errc::no_space);
-    const Area taken{best->first, best->second.end};
-    best->second = Entry{taken.start + rounded, false, false, 0};
-    if (taken.start + rounded < taken.end)
-      areas_.emplace(taken.start + rounded, Entry{taken.end, true, true, ++clock_});
+    const ReusedArea taken{{best->first, best->second.end}, best->second.joined};
+    best->second = Entry{taken.was.start + rounded, false, false, 0, false};
+    if (taken.was.start + rounded < taken.was.end)
+      areas_.emplace(taken.was.start + rounded, Entry{taken.was.end, true, true, ++clock_, taken.joined});
     lazy_pages_ -= rounded / page_size_;
     return taken;
   }
@@ -249,6 +252,7 @@ class ReferenceModel {
     bool lazy;
     bool reusable;                // lazy, freed with free_lazy_reusable
     std::uint64_t reusable_since;  // clock_ when it became reusable; larger is more recent
+    bool joined;                   // reusable, joined from areas freed separately (or cut from one)
   };
 
   static constexpr std::uintptr_t kMaxAddress = std::numeric_limits<std::uintptr_t>::max();
@@ -282,10 +286,29 @@ class ReferenceModel {
   }
 
   std::optional<errc> mark_lazy(std::uintptr_t start, bool reusable) {
-    const auto it = areas_.find(start);
+    auto it = areas_.find(start);
     if (it == areas_.end() || it->second.lazy) return errc::not_an_area;
-    it->second = Entry{it->second.end, true, reusable, reusable ? ++clock_ : 0};
     lazy_pages_ += (it->second.end - it->first) / page_size_;
+    it->second = Entry{it->second.end, true, reusable, reusable ? ++clock_ : 0, false};
+    if (reusable) {
+      // Join with the reusable neighbours that touch it: one entry from the
+      // first start to the last end, made reusable now.
+      const auto next = std::next(it);
+      if (next != areas_.end() && next->first == it->second.end && next->second.reusable) {
+        it->second.end = next->second.end;
+        it->second.joined = true;
+        areas_.erase(next);
+      }
+      if (it != areas_.begin()) {
+        const auto previous = std::prev(it);
+        if (previous->second.end == it->first && previous->second.reusable) {
+          previous->second.end = it->second.end;
+          previous->second.joined = true;
+          previous->second.reusable_since = it->second.reusable_since;
+          areas_.erase(it);
+        }
+      }
+    }
     if (lazy_pages_ > lazy_max_pages_) purge_lazy(PurgeReason::lazy_limit);
     return std::nullopt;
   }

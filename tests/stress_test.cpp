@@ -95,7 +95,7 @@ class PageOwners {
 struct Totals {
   std::atomic<std::uint64_t> allocs{0}, no_space{0}, frees{0}, lazy_frees{0}, purges{0},
       finds{0}, reads{0}, walks{0}, purge_calls{0}, reusable_frees{0}, reuses{0}, reuse_splits{0},
-      reuse_no_space{0};
+      reuse_joined{0}, reuse_no_space{0};
 };
 
 // How the writers work: the classic mix (they purge now and then), or with
@@ -168,10 +168,11 @@ class StressTest : public ::testing::Test {
         totals_.reuse_no_space.fetch_add(1, std::memory_order_relaxed);
         return;
       }
-      const Area area{result->start, result->start + rounded};
-      if (result->start % kPage != 0 || result->end % kPage != 0 || result->start < kStart ||
-          result->end > kEnd || result->end - result->start < rounded)
-        violations_.add("reuse_lazy(" + hex(size) + ") gave " + describe(std::optional<Area>(*result)));
+      const Area& was = result->was;
+      const Area area{was.start, was.start + rounded};
+      if (was.start % kPage != 0 || was.end % kPage != 0 || was.start < kStart || was.end > kEnd ||
+          was.end - was.start < rounded)
+        violations_.add("reuse_lazy(" + hex(size) + ") gave " + describe(*result));
       if (!owners_.claim(area, id))
         violations_.add("reuse_lazy gave " + describe(std::optional<Area>(area)) +
                         ", overlapping a live area");
@@ -180,7 +181,8 @@ class StressTest : public ::testing::Test {
                         ", reused " + describe(std::optional<Area>(area)));
       mine.push_back(area);
       totals_.reuses.fetch_add(1, std::memory_order_relaxed);
-      if (result->end > area.end) totals_.reuse_splits.fetch_add(1, std::memory_order_relaxed);
+      if (was.end > area.end) totals_.reuse_splits.fetch_add(1, std::memory_order_relaxed);
+      if (result->joined) totals_.reuse_joined.fetch_add(1, std::memory_order_relaxed);
     };
     while (!stop.load(std::memory_order_acquire)) {
       // Percent. classic: 45 alloc, 40 give back, 2 purge, 13 find.
@@ -393,16 +395,17 @@ TEST_F(StressTest, ReusingWritersNeverShareAPageAndPurgesNeverTakeAReusedOne) {
   EXPECT_TRUE(violations_.none());
 
   std::printf("allocs %" PRIu64 " (no space %" PRIu64 "), reuses %" PRIu64 " (splits %" PRIu64
-              ", none fit %" PRIu64 "), frees %" PRIu64 ", lazy frees %" PRIu64 ", reusable frees %" PRIu64
+              ", joined %" PRIu64 ", none fit %" PRIu64 "), frees %" PRIu64 ", lazy frees %" PRIu64 ", reusable frees %" PRIu64
               ", purge() %" PRIu64 ", on_purge %" PRIu64 ", finds %" PRIu64 ", reader walks %" PRIu64 "\n",
               totals_.allocs.load(), totals_.no_space.load(), totals_.reuses.load(),
-              totals_.reuse_splits.load(), totals_.reuse_no_space.load(), totals_.frees.load(),
+              totals_.reuse_splits.load(), totals_.reuse_joined.load(), totals_.reuse_no_space.load(), totals_.frees.load(),
               totals_.lazy_frees.load(), totals_.reusable_frees.load(), totals_.purges.load(),
               totals_.purge_calls.load(), totals_.finds.load(), totals_.walks.load());
   EXPECT_GT(totals_.allocs.load(), 500u);
   EXPECT_GT(totals_.reusable_frees.load(), 500u);
   EXPECT_GT(totals_.reuses.load(), 200u);
   EXPECT_GT(totals_.reuse_splits.load(), 20u);
+  EXPECT_GT(totals_.reuse_joined.load(), 20u);
   EXPECT_GT(totals_.reuse_no_space.load(), 20u) << "purges must win some races against reuse";
   EXPECT_GT(totals_.purge_calls.load(), 10u);
   EXPECT_GT(totals_.walks.load(), 30u);

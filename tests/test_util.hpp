@@ -127,25 +127,25 @@ inline constexpr InfoMode kAllInfoModes[] = {InfoMode::locked, InfoMode::rcu_wal
   return IsError(result.error(), specific, generic);
 }
 
+[[nodiscard]] inline std::string describe(const ReusedArea& reused) {
+  return describe(std::optional<Area>(reused.was)) + (reused.joined ? " joined" : "");
+}
+
 [[nodiscard]] inline ::testing::AssertionResult IsError(
-    const std::expected<Area, std::error_code>& result, errc specific, std::errc generic) {
-  if (result)
-    return ::testing::AssertionFailure() << "expected an error, got area [" << hex(result->start)
-                                         << ", " << hex(result->end) << ")";
+    const std::expected<ReusedArea, std::error_code>& result, errc specific, std::errc generic) {
+  if (result) return ::testing::AssertionFailure() << "expected an error, got " << describe(*result);
   return IsError(result.error(), specific, generic);
 }
 
-// Compares reuse_lazy()'s result with the lazily freed area it must have taken.
+// Compares reuse_lazy()'s result with the lazily freed area it must have
+// taken, and whether that area was joined from areas freed separately.
 [[nodiscard]] inline ::testing::AssertionResult Reused(
-    const std::expected<Area, std::error_code>& result, Area expected) {
+    const std::expected<ReusedArea, std::error_code>& result, Area was, bool joined = false) {
+  const std::string want = describe(ReusedArea{was, joined});
   if (!result)
-    return ::testing::AssertionFailure() << "expected [" << hex(expected.start) << ", "
-                                         << hex(expected.end) << "), got error "
-                                         << result.error().message();
-  if (*result != expected)
-    return ::testing::AssertionFailure()
-           << "expected [" << hex(expected.start) << ", " << hex(expected.end) << "), got ["
-           << hex(result->start) << ", " << hex(result->end) << ")";
+    return ::testing::AssertionFailure() << "expected " << want << ", got error " << result.error().message();
+  if (result->was != was || result->joined != joined)
+    return ::testing::AssertionFailure() << "expected " << want << ", got " << describe(*result);
   return ::testing::AssertionSuccess();
 }
 

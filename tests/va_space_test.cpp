@@ -859,14 +859,59 @@ TEST_F(VaSpaceReuseTest, NothingIsReusableOnceAPurgeHasTakenIt) {
 
 TEST_F(VaSpaceReuseTest, OnPurgeNeverReceivesReusedRanges) {
   make(16);
-  place(0, 1); place(1, 2); place(2, 3); place(3, 8); place(8, 9);
-  for (std::size_t page : {0, 1, 2, 3}) ASSERT_FALSE(space_->free_lazy_reusable(at(page)));
-  ASSERT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(2), at(3)}));      // the latest page
-  ASSERT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(3), at(8)}));  // [3,5) live
+  // A [0,1), B [2,3), C [4,9), with live pages between so nothing joins.
+  place(0, 1); place(1, 2); place(2, 3); place(3, 4); place(4, 9); place(9, 10);
+  for (std::size_t page : {0, 2, 4}) ASSERT_FALSE(space_->free_lazy_reusable(at(page)));
+  ASSERT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(2), at(3)}));      // B, the latest page
+  ASSERT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(4), at(9)}));  // [4,6) live
   space_->purge();
-  EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(0), at(2)}, {at(5), at(8)}}}));
-  EXPECT_EQ(space_->stats().purged_areas, 3u);
-  EXPECT_EQ(describe(list_areas(*space_)), areas_text({{2, 3, false}, {3, 5, false}, {8, 9, false}}));
+  EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(0), at(1)}, {at(6), at(9)}}}));
+  EXPECT_EQ(space_->stats().purged_areas, 2u);
+  EXPECT_EQ(describe(list_areas(*space_)),
+            areas_text({{1, 2, false}, {2, 3, false}, {3, 4, false}, {4, 6, false}, {9, 10, false}}));
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, TouchingReusableAreasJoinAsTheyAreFreed) {
+  make(16);
+  place(0, 2); place(2, 3); place(3, 6); place(6, 7); place(7, 8); place(8, 9);
+  ASSERT_FALSE(space_->free_lazy_reusable(at(0)));  // [0,2)
+  ASSERT_FALSE(space_->free_lazy_reusable(at(3)));  // [3,6): [2,3) between is live
+  EXPECT_EQ(describe(list_areas(*space_)),
+            areas_text({{0, 2, true}, {2, 3, false}, {3, 6, true}, {6, 7, false}, {7, 8, false}, {8, 9, false}}));
+  ASSERT_FALSE(space_->free_lazy_reusable(at(2)));  // touches both: one area [0,6)
+  EXPECT_EQ(describe(list_areas(*space_)),
+            areas_text({{0, 6, true}, {6, 7, false}, {7, 8, false}, {8, 9, false}}));
+  // A plain lazily freed neighbour is never joined.
+  ASSERT_FALSE(space_->free_lazy(at(7)));
+  ASSERT_FALSE(space_->free_lazy_reusable(at(8)));
+  EXPECT_EQ(describe(list_areas(*space_)),
+            areas_text({{0, 6, true}, {6, 7, false}, {7, 8, true}, {8, 9, true}}));
+  expect_modes_agree({16 * kPage, kPage, 9 * kPage}, "joined");
+  EXPECT_EQ(space_->check_invariants(), "");
+  // The joined area is taken whole, and says it was joined; a piece cut
+  // from it stays joined; an area freed alone is not.
+  EXPECT_TRUE(Reused(space_->reuse_lazy(6 * kPage), Area{at(0), at(6)}, /*joined=*/true));
+  EXPECT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(8), at(9)}, /*joined=*/false));
+  ASSERT_FALSE(space_->free_lazy_reusable(at(0)));
+  ASSERT_FALSE(space_->free_lazy_reusable(at(6)));  // joins [0,6) before it
+  EXPECT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(0), at(7)}, /*joined=*/true));
+  EXPECT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(2), at(7)}, /*joined=*/true));
+  // A purge hands on_purge the joined area as one range and counts it once.
+  space_->purge();
+  EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(4), at(8)}}}));
+  EXPECT_EQ(space_->stats().purged_areas, 2u) << "[4,7) and the plain [7,8)";
+  EXPECT_EQ(space_->check_invariants(), "");
+}
+
+TEST_F(VaSpaceReuseTest, AJoinedAreaIsTheMostRecentlyMadeReusable) {
+  make(16);
+  place(0, 2); place(2, 3); place(3, 4); place(4, 5); place(5, 6);
+  ASSERT_FALSE(space_->free_lazy_reusable(at(3)));  // [3,4): one page
+  ASSERT_FALSE(space_->free_lazy_reusable(at(0)));  // [0,2): two pages, freed before the join
+  ASSERT_FALSE(space_->free_lazy_reusable(at(4)));  // joins [3,4): [3,5), two pages, made now
+  EXPECT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(3), at(5)}, /*joined=*/true));
+  EXPECT_TRUE(Reused(space_->reuse_lazy(2 * kPage), Area{at(0), at(2)}, /*joined=*/false));
   EXPECT_EQ(space_->check_invariants(), "");
 }
 
@@ -877,7 +922,7 @@ TEST(VaSpaceReuseOnPurge, ReuseFromInsideOnPurgeCannotTakeTheRangesBeingPurged) 
   // began is not in the batch and is reusable.
   std::unique_ptr<VaSpace> space;
   std::vector<std::vector<Area>> seen;
-  std::optional<std::expected<Area, std::error_code>> inside_batch, outside_batch;
+  std::optional<std::expected<ReusedArea, std::error_code>> inside_batch, outside_batch;
   VaSpaceOptions options;
   options.start = kBase;
   options.end = at(16);
@@ -953,7 +998,7 @@ TEST_F(VaSpaceReuseTest, AllInfoModesAgreeAfterEveryReuse) {
   make(64, /*lazy_max_pages=*/12);
   std::mt19937_64 random(4);
   std::vector<std::uintptr_t> live;
-  std::size_t reuses = 0, splits = 0;
+  std::size_t reuses = 0, splits = 0, joins = 0;
   for (int step = 0; step < 400; ++step) {
     const unsigned kind = random() % 10;
     if (kind < 4) {
@@ -966,9 +1011,10 @@ TEST_F(VaSpaceReuseTest, AllInfoModesAgreeAfterEveryReuse) {
       const std::size_t size = (1 + random() % 4) * kPage;
       if (auto reused = space_->reuse_lazy(size)) {
         ++reuses;
-        splits += reused->end - reused->start > size;
-        live.push_back(reused->start);
-        EXPECT_EQ(space_->find(reused->start), (Area{reused->start, reused->start + size}));
+        splits += reused->was.end - reused->was.start > size;
+        joins += reused->joined;
+        live.push_back(reused->was.start);
+        EXPECT_EQ(space_->find(reused->was.start), (Area{reused->was.start, reused->was.start + size}));
       } else {
         EXPECT_TRUE(IsError(reused.error(), errc::no_space, std::errc::not_enough_memory));
       }
@@ -991,6 +1037,7 @@ TEST_F(VaSpaceReuseTest, AllInfoModesAgreeAfterEveryReuse) {
   }
   EXPECT_GT(reuses, 20u);
   EXPECT_GT(splits, 5u);
+  EXPECT_GT(joins, 5u);
   EXPECT_EQ(space_->stats().lazy_reuses, reuses);
 }
 

@@ -67,7 +67,7 @@ constexpr bool kSanitized = false;
       << stats.purges << ", unmap_calls " << stats.unmap_calls << ", unmapped_bytes "
       << stats.unmapped_bytes << ", decommit_failures " << stats.decommit_failures
       << ", quarantined_bytes " << stats.quarantined_bytes << ", reuses " << stats.reuses
-      << ", reuse_splits " << stats.reuse_splits;
+      << ", reuse_splits " << stats.reuse_splits << ", reuse_joined " << stats.reuse_joined;
   return out.str();
 }
 
@@ -451,15 +451,18 @@ TEST(VmallocReuse, ReusedMemoryIsZeroedEvenAfterAPatternWasWritten) {
   ASSERT_EQ(rest, big + kFront + kPage) << "the rest of the split, after the new guard page";
   EXPECT_EQ(first_nonzero(rest, 512 * KiB), 512 * KiB);
 
+  EXPECT_EQ(vm->stats().reuses, 3u);
+  EXPECT_EQ(vm->stats().reuse_splits, 2u);
+
   // Only some pages written (the rest never faulted in): all read zero.
-  char* sparse = allocate(*vm, 4 * MiB);
+  auto sparse_vm = create_vmalloc();
+  char* sparse = allocate(*sparse_vm, 4 * MiB);
   for (std::size_t offset = 0; offset < 4 * MiB; offset += 3 * kPage) sparse[offset + 5] = 9;
-  ASSERT_FALSE(vm->vfree(sparse));
-  char* sparse_again = allocate(*vm, 4 * MiB);
+  ASSERT_FALSE(sparse_vm->vfree(sparse));
+  char* sparse_again = allocate(*sparse_vm, 4 * MiB);
   ASSERT_EQ(sparse_again, sparse);
   EXPECT_EQ(first_nonzero(sparse_again, 4 * MiB), 4 * MiB);
-  EXPECT_EQ(vm->stats().reuses, 4u);
-  EXPECT_EQ(vm->stats().reuse_splits, 2u);
+  EXPECT_EQ(sparse_vm->stats().reuses, 1u);
 }
 
 TEST(VmallocReuse, ReusingAnAreaMakesNoMoreResidentThanItsLastOwnerDid) {
@@ -629,6 +632,84 @@ TEST(VmallocReuse, RefusedGuardPageFallsBackToFreshPages) {
   EXPECT_EQ(vm->stats().quarantined_bytes, 0u);
   EXPECT_TRUE(list_areas(vm->space()).empty());
   EXPECT_EQ(vm->space().check_invariants(), "");
+}
+
+TEST(VmallocReuse, NeighboursFreedSeparatelyAreReusedAsOneWithTheirOldGuardPagesWritable) {
+  FaultInjectionGuard faults;
+  VmallocOptions options;
+  options.lazy_max_pages = 1 << 20;
+  auto vm = create_vmalloc(options);
+  char* a = allocate(*vm, 64 * KiB);
+  char* b = allocate(*vm, 64 * KiB);
+  char* keep = allocate(*vm, kPage);
+  ASSERT_EQ(b, a + 64 * KiB + kPage);
+  std::memset(a, 0x11, 64 * KiB);
+  std::memset(b, 0x22, 64 * KiB);
+  ASSERT_FALSE(vm->vfree(a));
+  ASSERT_FALSE(vm->vfree(b));
+  const auto base = reinterpret_cast<std::uintptr_t>(a);
+  const std::vector<AreaInfo> areas = list_areas(vm->space());
+  ASSERT_EQ(areas.size(), 2u) << "a and b are one joined area";
+  EXPECT_EQ(areas[0].start, base);
+  EXPECT_EQ(areas[0].end, base + 2 * (64 * KiB + kPage));
+  EXPECT_TRUE(areas[0].lazy);
+
+  // 33 pages and a guard: the joined area exactly, a's old guard page inside.
+  const std::uint64_t guards_before = fault::calls(fault::OsCall::guard);
+  char* p = allocate(*vm, 132 * KiB);
+  ASSERT_EQ(p, a);
+  EXPECT_EQ(fault::calls(fault::OsCall::guard), guards_before) << "no cut, no new guard page";
+  const VmallocStats stats = vm->stats();
+  EXPECT_EQ(stats.reuses, 1u);
+  EXPECT_EQ(stats.reuse_joined, 1u);
+  EXPECT_EQ(stats.reuse_splits, 0u);
+  EXPECT_EQ(first_nonzero(p, 132 * KiB), 132 * KiB) << "a, its old guard page and b all read zero";
+  std::memset(p, 0x33, 132 * KiB);  // a's old guard page is writable now
+  EXPECT_EQ(p[64 * KiB], 0x33);
+  EXPECT_FALSE(vm->vfree(p));
+  EXPECT_FALSE(vm->vfree(keep));
+  EXPECT_EQ(vm->space().check_invariants(), "");
+}
+
+TEST(VmallocReuse, PartOfAJoinedAreaSpanningAnOldGuardPageIsWritableAndTheRestStaysJoined) {
+  VmallocOptions options;
+  options.lazy_max_pages = 1 << 20;
+  auto vm = create_vmalloc(options);
+  char* a = allocate(*vm, 64 * KiB);  // pages [0,16), guard 16
+  char* b = allocate(*vm, 64 * KiB);  // pages [17,33), guard 33
+  char* keep = allocate(*vm, kPage);
+  ASSERT_FALSE(vm->vfree(a));
+  ASSERT_FALSE(vm->vfree(b));
+  char* p = allocate(*vm, 100 * KiB);  // 25 pages over a's old guard, new guard at 25
+  ASSERT_EQ(p, a);
+  EXPECT_EQ(first_nonzero(p, 100 * KiB), 100 * KiB);
+  std::memset(p, 0x44, 100 * KiB);
+  char* rest = allocate(*vm, 28 * KiB);  // 7 pages and a guard: the rest [26,34) exactly
+  EXPECT_EQ(rest, a + 26 * kPage);
+  EXPECT_EQ(first_nonzero(rest, 28 * KiB), 28 * KiB);
+  std::memset(rest, 0x55, 28 * KiB);
+  EXPECT_EQ(p[100 * KiB - 1], 0x44) << "the two parts are independent";
+  const VmallocStats stats = vm->stats();
+  EXPECT_EQ(stats.reuses, 2u);
+  EXPECT_EQ(stats.reuse_joined, 2u) << "the rest of a joined area stays joined";
+  EXPECT_EQ(stats.reuse_splits, 1u);
+  EXPECT_FALSE(vm->vfree(p));
+  EXPECT_FALSE(vm->vfree(rest));
+  EXPECT_FALSE(vm->vfree(keep));
+}
+
+TEST_F(VmallocDeathTest, GuardPageAfterAJoinedReuseFaults) {
+  auto vm = create_vmalloc();
+  char* a = allocate(*vm, 64 * KiB);
+  char* b = allocate(*vm, 64 * KiB);
+  ASSERT_FALSE(vm->vfree(a));
+  ASSERT_FALSE(vm->vfree(b));
+  char* p = allocate(*vm, 100 * KiB);  // 25 pages: cut inside b, after a's old guard
+  ASSERT_EQ(p, a);
+  ASSERT_EQ(vm->stats().reuse_joined, 1u);
+  p[64 * KiB] = 1;  // a's old guard page, writable now
+  volatile char* guard = p + 100 * KiB;
+  EXPECT_DEATH(*guard = 1, "");
 }
 
 TEST(VmallocReuse, ReuseOffNeverTakesFreedPagesBack) {
