@@ -97,7 +97,7 @@ struct Vmalloc::Impl {
 
   [[nodiscard]] std::expected<void*, std::error_code> vmalloc(std::size_t size, VmallocFlags flags);
   // A reusable freed area for the request, zeroed, or nullptr.
-  [[nodiscard]] void* reuse(std::size_t usable_bytes, std::size_t area_bytes);
+  [[nodiscard]] void* reuse(std::size_t usable_bytes, std::size_t area_bytes, bool populate);
   [[nodiscard]] std::error_code vfree(void* p);
   void purge();
 
@@ -155,7 +155,8 @@ std::expected<void*, std::error_code> Vmalloc::Impl::vmalloc(std::size_t size, V
 
   if (quarantine_active.load(std::memory_order_relaxed)) retry_quarantine();
   if (options.reuse) {
-    if (void* const reused = reuse(usable_bytes, area_bytes)) return reused;
+    const bool populate = (static_cast<unsigned>(flags) & static_cast<unsigned>(VmallocFlags::populate)) != 0;
+    if (void* const reused = reuse(usable_bytes, area_bytes, populate)) return reused;
   }
   Area area{};
   for (;;) {
@@ -181,27 +182,31 @@ std::expected<void*, std::error_code> Vmalloc::Impl::vmalloc(std::size_t size, V
   return pointer;
 }
 
-void* Vmalloc::Impl::reuse(std::size_t usable_bytes, std::size_t area_bytes) {
+void* Vmalloc::Impl::reuse(std::size_t usable_bytes, std::size_t area_bytes, bool populate) {
   const auto taken = space->reuse_lazy(area_bytes);
   if (!taken) return nullptr;  // nothing reusable fits: fresh pages
   const Area& was = taken->was;
   void* const pointer = as_pointer(was.start);
   const bool cut = size_of(was) != area_bytes;
+  // Old guard pages inside the part handed out become writable, and the
+  // page after it becomes the guard. If the kernel refuses either, the piece
+  // is never handed out nor reused; the next purge decommits it whatever
+  // state it is in.
+  bool refused = guard_bytes != 0 &&
+                 ((taken->joined && os::commit(pointer, usable_bytes)) ||
+                  (cut && os::guard(as_pointer(was.start + usable_bytes), guard_bytes)));
+  if (!refused) {
+    os::zero(pointer, usable_bytes);
+    // zero() leaves the pages the last owner never touched absent; populate
+    // promises every page resident.
+    refused = populate && os::populate(pointer, usable_bytes);
+  }
+  if (refused) {
+    must_succeed(space->free_lazy(was.start), "lazy free of a piece the kernel would not prepare");
+    return nullptr;
+  }
   if (cut) reuse_splits.fetch_add(1, std::memory_order_relaxed);
   if (taken->joined) reuse_joined.fetch_add(1, std::memory_order_relaxed);
-  if (guard_bytes != 0) {
-    // Old guard pages inside the part handed out become writable, and the
-    // page after it becomes the guard. If the kernel refuses either, the
-    // piece is never handed out nor reused; the next purge decommits it
-    // whatever state it is in.
-    const bool refused = (taken->joined && os::commit(pointer, usable_bytes)) ||
-                         (cut && os::guard(as_pointer(was.start + usable_bytes), guard_bytes));
-    if (refused) {
-      must_succeed(space->free_lazy(was.start), "lazy free of a piece the kernel would not prepare");
-      return nullptr;
-    }
-  }
-  os::zero(pointer, usable_bytes);
   reuses.fetch_add(1, std::memory_order_relaxed);
   areas_live.fetch_add(1, std::memory_order_relaxed);
   bytes_live.fetch_add(usable_bytes, std::memory_order_relaxed);

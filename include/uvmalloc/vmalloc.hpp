@@ -127,8 +127,8 @@ class Vmalloc {
   // options.guard_page is false): a freed, not yet purged area that fits
   // when options.reuse is set and there is one (its pages are resident),
   // else fresh pages at the lowest address of the reservation that fits.
-  // vmalloc(size) pre-faults when options.populate is set (reused pages
-  // are resident already).
+  // vmalloc(size) pre-faults when options.populate is set, reused pages
+  // too (those the last owner never touched).
   // Errors: invalid_argument (zero_size, size_overflow); not_enough_memory
   // when the reservation has no room even after purging (no_space) or the
   // kernel refuses the pages (os_refused). On an error nothing is left
