@@ -34,6 +34,8 @@ class Category final : public std::error_category {
       case errc::os_refused:
         return "the kernel refused memory (mmap/mprotect/madvise failed): free memory or raise "
                "limits (ulimit -v, vm.max_map_count, overcommit)";
+      case errc::nothing_reusable:
+        return "no reusable lazily freed area is large enough: take fresh space with alloc";
     }
     return "unknown uvmalloc error";
   }
@@ -50,6 +52,7 @@ class Category final : public std::error_category {
         return std::make_error_condition(std::errc::invalid_argument);
       case errc::no_space:
       case errc::os_refused:
+      case errc::nothing_reusable:
         return std::make_error_condition(std::errc::not_enough_memory);
     }
     return std::error_condition(code, *this);

@@ -499,7 +499,7 @@ std::expected<ReusedArea, std::error_code> VaSpace::reuse_lazy(std::size_t size)
   std::lock_guard<std::mutex> g(s.lock);
   // Smallest fit, most recent first.
   const auto it = s.reusable.lower_bound(Impl::ReuseKey{bytes, 0});
-  if (it == s.reusable.end()) return std::unexpected(make_error_code(errc::no_space));
+  if (it == s.reusable.end()) return std::unexpected(make_error_code(errc::nothing_reusable));
   AreaNode* const old = it->second;
   const Area was{old->start, old->end};
   const bool joined = old->joined;

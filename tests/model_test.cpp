@@ -116,8 +116,9 @@ std::string describe_result(const std::expected<ReusedArea, errc>& result) {
 
 // The std::errc each uvmalloc code must compare equal to.
 std::errc generic(errc code) {
-  return code == errc::no_space || code == errc::os_refused ? std::errc::not_enough_memory
-                                                            : std::errc::invalid_argument;
+  return code == errc::no_space || code == errc::os_refused || code == errc::nothing_reusable
+             ? std::errc::not_enough_memory
+             : std::errc::invalid_argument;
 }
 
 // Drives one VaSpace and one ReferenceModel with the same random operations.
@@ -393,7 +394,7 @@ class ModelRun {
       } else {
         constexpr std::pair<errc, Event> kErrors[] = {{errc::zero_size, reuse_zero_size},
                                                       {errc::size_overflow, reuse_size_overflow},
-                                                      {errc::no_space, reuse_no_space}};
+                                                      {errc::nothing_reusable, reuse_no_space}};
         for (auto [code, event] : kErrors)
           if (expected.error() == code) ++events[event];
       }
@@ -552,9 +553,9 @@ TEST(ReferenceModelSelfCheck, ModelReusesTheSmallestMostRecentReusableArea) {
   // [0,4) [4,5) [5,7) [7,8) [8,10) [10,11) [11,12), back to back.
   for (auto [first, last] : {std::pair{0, 4}, {4, 5}, {5, 7}, {7, 8}, {8, 10}, {10, 11}, {11, 12}})
     ASSERT_EQ(model.alloc((last - first) * 4096, 1), Allocated(page(first)));
-  EXPECT_TRUE(same(model.reuse_lazy(4096), error(errc::no_space)));
+  EXPECT_TRUE(same(model.reuse_lazy(4096), error(errc::nothing_reusable)));
   EXPECT_EQ(model.free_lazy(page(10)), std::nullopt);  // never reusable, never joined with
-  EXPECT_TRUE(same(model.reuse_lazy(4096), error(errc::no_space)));
+  EXPECT_TRUE(same(model.reuse_lazy(4096), error(errc::nothing_reusable)));
   EXPECT_EQ(model.free_lazy_reusable(page(0)), std::nullopt);
   EXPECT_EQ(model.free_lazy_reusable(page(5)), std::nullopt);
   EXPECT_EQ(model.free_lazy_reusable(page(8)), std::nullopt);
@@ -563,7 +564,7 @@ TEST(ReferenceModelSelfCheck, ModelReusesTheSmallestMostRecentReusableArea) {
   EXPECT_EQ(model.lazy_pages(), 10u);
   EXPECT_TRUE(same(model.reuse_lazy(0), error(errc::zero_size)));
   EXPECT_TRUE(same(model.reuse_lazy(kMaxSize), error(errc::size_overflow)));
-  EXPECT_TRUE(same(model.reuse_lazy(5 * 4096), error(errc::no_space)));
+  EXPECT_TRUE(same(model.reuse_lazy(5 * 4096), error(errc::nothing_reusable)));
   // Two 2-page areas: the one freed last wins; 4 pages would also fit.
   EXPECT_TRUE(same(model.reuse_lazy(2 * 4096 - 1), reused(8, 10, false)));
   EXPECT_EQ(model.find(page(9)), (Area{page(8), page(10)}));
@@ -591,7 +592,7 @@ TEST(ReferenceModelSelfCheck, ModelReusesTheSmallestMostRecentReusableArea) {
   ASSERT_EQ(model.purges().size(), 1u);
   EXPECT_EQ(model.purges()[0].merged, (std::vector<Area>{{page(8), page(11)}}));
   EXPECT_EQ(model.purges()[0].areas, 2u);
-  EXPECT_TRUE(same(model.reuse_lazy(4096), error(errc::no_space)));
+  EXPECT_TRUE(same(model.reuse_lazy(4096), error(errc::nothing_reusable)));
 }
 
 }  // namespace

@@ -33,7 +33,7 @@
 //    are, nor joined with.
 //  * reuse_lazy error precedence: size == 0 (zero_size), size rounded up to
 //    a page overflows (size_overflow), no reusable area of at least the
-//    rounded size (no_space). It never purges and is not counted as an alloc
+//    rounded size (nothing_reusable). It never purges and is not counted as an alloc
 //    or a failed alloc.
 //  * reuse_lazy picks the smallest reusable area that fits; among equal sizes
 //    the one made reusable last (freed, or left over by a split). It returns
@@ -138,7 +138,7 @@ class ReferenceModel {
           (entry_size == best_size && entry.reusable_since > best->second.reusable_since))
         best = it;
     }
-    if (best == areas_.end()) return std::unexpected(errc::no_space);
+    if (best == areas_.end()) return std::unexpected(errc::nothing_reusable);
     const ReusedArea taken{{best->first, best->second.end}, best->second.joined};
     best->second = Entry{taken.was.start + rounded, false, false, 0, false};
     if (taken.was.start + rounded < taken.was.end)

@@ -678,7 +678,7 @@ TEST_F(VaSpaceReuseTest, LargerAreaIsSplitAndTheRestStaysLazyAndReusable) {
             areas_text({{0, 3, false}, {3, 4, false}, {4, 8, false}, {8, 9, false}}));
   expect_modes_agree({12 * kPage, 9 * kPage, 3 * kPage}, "all reused");
   EXPECT_EQ(space_->stats().lazy_reuses, 3u);
-  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::nothing_reusable, std::errc::not_enough_memory));
   EXPECT_TRUE(purges_.calls().empty());
   EXPECT_EQ(space_->check_invariants(), "");
 }
@@ -709,7 +709,7 @@ TEST_F(VaSpaceReuseTest, TheRestOfASplitCountsAsFreedAtTheSplit) {
   // Two one-page areas now: Y, freed before the split, and X's rest, made by it.
   EXPECT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(2), at(3)}));
   EXPECT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(4), at(5)}));
-  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::nothing_reusable, std::errc::not_enough_memory));
   EXPECT_EQ(space_->check_invariants(), "");
 }
 
@@ -719,12 +719,12 @@ TEST_F(VaSpaceReuseTest, AreasFreedWithPlainFreeLazyAreNeverReused) {
   ASSERT_FALSE(space_->free_lazy(at(0)));
   ASSERT_FALSE(space_->free(at(4)));  // freed at once: free space, not a lazy area
   const std::string before = snapshot(*space_);
-  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
-  EXPECT_TRUE(IsError(space_->reuse_lazy(4 * kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::nothing_reusable, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(4 * kPage), errc::nothing_reusable, std::errc::not_enough_memory));
   EXPECT_EQ(snapshot(*space_), before);
   // With a reusable area beside it, only that one is taken, however it fits.
   ASSERT_FALSE(space_->free_lazy_reusable(at(5)));
-  EXPECT_TRUE(IsError(space_->reuse_lazy(2 * kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(2 * kPage), errc::nothing_reusable, std::errc::not_enough_memory));
   EXPECT_TRUE(Reused(space_->reuse_lazy(kPage), Area{at(5), at(6)}));
   EXPECT_EQ(describe(list_areas(*space_)), areas_text({{0, 4, true}, {5, 6, false}}));
   space_->purge();
@@ -748,12 +748,12 @@ TEST_F(VaSpaceReuseTest, ReuseErrorsChangeNothingAndNeverPurge) {
       {"size SIZE_MAX", kMaxSize, errc::size_overflow, std::errc::invalid_argument},
       {"size rounds past SIZE_MAX", kMaxSize - kPage + 2, errc::size_overflow,
        std::errc::invalid_argument},
-      {"rounds to the top page, fits nothing", kMaxSize - kPage + 1, errc::no_space,
+      {"rounds to the top page, fits nothing", kMaxSize - kPage + 1, errc::nothing_reusable,
        std::errc::not_enough_memory},
-      {"one page more than the reusable area", 4 * kPage + 1, errc::no_space,
+      {"one page more than the reusable area", 4 * kPage + 1, errc::nothing_reusable,
        std::errc::not_enough_memory},
-      {"fits only the plain lazy area", 10 * kPage, errc::no_space, std::errc::not_enough_memory},
-      {"larger than the space", 33 * kPage, errc::no_space, std::errc::not_enough_memory},
+      {"fits only the plain lazy area", 10 * kPage, errc::nothing_reusable, std::errc::not_enough_memory},
+      {"larger than the space", 33 * kPage, errc::nothing_reusable, std::errc::not_enough_memory},
   };
   for (const auto& c : cases) {
     const std::string before = snapshot(*space_);
@@ -816,7 +816,7 @@ TEST_F(VaSpaceReuseTest, ReusedPagesNoLongerCountTowardsLazyMaxPages) {
   ASSERT_FALSE(space_->free_lazy_reusable(at(0)));  // 9 > 6
   EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(0), at(9)}}}));
   EXPECT_TRUE(list_areas(*space_).empty());
-  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::nothing_reusable, std::errc::not_enough_memory));
   EXPECT_EQ(space_->check_invariants(), "");
 }
 
@@ -827,7 +827,7 @@ TEST_F(VaSpaceReuseTest, FreeLazyReusablePurgesByItselfPastTheLimitAndNothingIsR
   EXPECT_TRUE(purges_.calls().empty());
   ASSERT_FALSE(space_->free_lazy_reusable(at(3)));  // 5 > 4: purged at once, this one included
   EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(0), at(5)}}}));
-  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::nothing_reusable, std::errc::not_enough_memory));
   EXPECT_TRUE(AllocatedAt(space_->alloc(kPage, 1), at(0)));
   EXPECT_EQ(space_->check_invariants(), "");
 }
@@ -839,8 +839,8 @@ TEST_F(VaSpaceReuseTest, NothingIsReusableOnceAPurgeHasTakenIt) {
   ASSERT_FALSE(space_->free_lazy_reusable(at(0)));
   space_->purge();
   EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(0), at(2)}}}));
-  EXPECT_TRUE(IsError(space_->reuse_lazy(2 * kPage), errc::no_space, std::errc::not_enough_memory));
-  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(2 * kPage), errc::nothing_reusable, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::nothing_reusable, std::errc::not_enough_memory));
   EXPECT_TRUE(AllocatedAt(space_->alloc(2 * kPage, 1), at(0))) << "free space now, for alloc";
   EXPECT_EQ(space_->stats().lazy_reuses, 0u);
 
@@ -851,7 +851,7 @@ TEST_F(VaSpaceReuseTest, NothingIsReusableOnceAPurgeHasTakenIt) {
   ASSERT_FALSE(space_->free_lazy_reusable(at(2)));
   EXPECT_TRUE(AllocatedAt(space_->alloc(kPage, 1), at(1)));
   EXPECT_EQ(purges_.take(), (std::vector<std::vector<Area>>{{{at(1), at(3)}}}));
-  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory))
+  EXPECT_TRUE(IsError(space_->reuse_lazy(kPage), errc::nothing_reusable, std::errc::not_enough_memory))
       << "page 2 was purged and is free, not reusable";
   EXPECT_TRUE(AllocatedAt(space_->alloc(kPage, 1), at(2)));
   EXPECT_EQ(space_->check_invariants(), "");
@@ -947,7 +947,7 @@ TEST(VaSpaceReuseOnPurge, ReuseFromInsideOnPurgeCannotTakeTheRangesBeingPurged) 
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0], (std::vector<Area>{{at(1), at(3)}}));
   ASSERT_TRUE(inside_batch.has_value());
-  EXPECT_TRUE(IsError(*inside_batch, errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(*inside_batch, errc::nothing_reusable, std::errc::not_enough_memory));
   ASSERT_TRUE(outside_batch.has_value()) << "free_lazy_reusable inside on_purge failed";
   EXPECT_TRUE(Reused(*outside_batch, Area{at(5), at(6)}));
   EXPECT_EQ(space->find(at(5)), (Area{at(5), at(6)}));
@@ -983,7 +983,7 @@ TEST(VaSpaceReuseOnPurge, AThrowingOnPurgeLeavesTheBatchLazyAndNotReusable) {
     EXPECT_EQ(space->info(mode), (VmallocInfo{16 * kPage, 2 * kPage, 13 * kPage})) << name(mode);
   EXPECT_EQ(space->check_invariants(), "");
   // ...but no longer reusable, while an area freed afterwards is.
-  EXPECT_TRUE(IsError(space->reuse_lazy(kPage), errc::no_space, std::errc::not_enough_memory));
+  EXPECT_TRUE(IsError(space->reuse_lazy(kPage), errc::nothing_reusable, std::errc::not_enough_memory));
   ASSERT_FALSE(space->free_lazy_reusable(at(2)));
   EXPECT_TRUE(Reused(space->reuse_lazy(kPage), Area{at(2), at(3)}));
   // The next purge gives the batch back.
@@ -1016,7 +1016,7 @@ TEST_F(VaSpaceReuseTest, AllInfoModesAgreeAfterEveryReuse) {
         live.push_back(reused->was.start);
         EXPECT_EQ(space_->find(reused->was.start), (Area{reused->was.start, reused->was.start + size}));
       } else {
-        EXPECT_TRUE(IsError(reused.error(), errc::no_space, std::errc::not_enough_memory));
+        EXPECT_TRUE(IsError(reused.error(), errc::nothing_reusable, std::errc::not_enough_memory));
       }
     }
     const VmallocInfo locked = space_->info(InfoMode::locked);

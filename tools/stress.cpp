@@ -225,7 +225,7 @@ class Writer {
   void reuse_area(std::size_t size) {
     const auto got = s_.space.reuse_lazy(size);
     if (!got) {
-      if (is_error(got.error(), errc::no_space)) {
+      if (is_error(got.error(), errc::nothing_reusable)) {
         ++r_.reuse_misses;
         return;
       }

@@ -22,6 +22,7 @@ enum class errc {
   // not_enough_memory
   no_space,                // no fit, even after purging lazily freed areas
   os_refused,              // the kernel refused memory (mmap/mprotect/madvise failed)
+  nothing_reusable,        // reuse_lazy: no reusable lazily freed area is large enough
 };
 
 [[nodiscard]] const std::error_category& error_category() noexcept;

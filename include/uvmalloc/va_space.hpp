@@ -148,8 +148,8 @@ class VaSpace {
   // Returns the lazily freed area as it was before, so the owner knows the
   // state of the pages it got back. Never purges.
   // Errors: invalid_argument (zero_size, size_overflow); not_enough_memory
-  // (no_space) when no reusable area is large enough. Nothing changes on an
-  // error.
+  // (nothing_reusable) when no reusable area is large enough. Nothing
+  // changes on an error.
   [[nodiscard]] std::expected<ReusedArea, std::error_code> reuse_lazy(std::size_t size);
 
   // VaSpace::purge() hands every lazily freed area to on_purge (merged) and
