@@ -9,7 +9,8 @@
 //
 //   OsCall     system call                                  made by
 //   reserve    mmap(PROT_NONE, MAP_NORESERVE)               Vmalloc::create()
-//   commit     mprotect(PROT_READ | PROT_WRITE)             Vmalloc::vmalloc()
+//   commit     mprotect(PROT_READ | PROT_WRITE)             Vmalloc::vmalloc() (fresh pages, or
+//                                                           the part of a reused joined area)
 //   populate   madvise(MADV_POPULATE_WRITE) (or MAP_POPULATE) vmalloc() with populate
 //   decommit   mmap(MAP_FIXED, PROT_NONE, MAP_NORESERVE)    purges (one per merged run)
 //              mprotect(PROT_NONE) + madvise(MADV_DONTNEED) vmalloc() rolling back a failure

@@ -8,7 +8,8 @@
 //
 // Thread safety: every method may be called from any thread at any time,
 // without registering the thread with anything first. Writers (alloc, free,
-// free_lazy, purge) serialise on one lock. Readers never take it in the
+// free_lazy, free_lazy_reusable, reuse_lazy, purge) serialise on one lock,
+// which find() takes too. Readers never take it in the
 // rcu_walk and counters modes: info(), vmallocinfo() and for_each_area() walk
 // an RCU-protected list, info(counters) reads a published pair of figures.
 //
