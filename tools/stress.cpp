@@ -215,10 +215,16 @@ class Writer {
     if (*a % effective_align != 0 || *a < vstart || *a + rounded > vend)
       s_.violations.report("VaSpace::alloc gave " + hex(*a) + " outside [" + hex(vstart) + ", " +
                            hex(vend) + ") or misaligned to " + std::to_string(effective_align));
-    const auto found = s_.space.find(*a + rounded - 1);
-    if (!found || found->start != *a || found->end != *a + rounded)
-      s_.violations.report("find() does not return the area just allocated at " + hex(*a));
-    r_.areas.push_back({*a, *a + rounded});
+    own(*a, rounded, "allocated");
+  }
+
+  // Records [start, start + rounded) as this writer's after checking that
+  // find() sees it live at once.
+  void own(std::uintptr_t start, std::size_t rounded, const char* how) {
+    const auto found = s_.space.find(start + rounded - 1);
+    if (!found || found->start != start || found->end != start + rounded)
+      s_.violations.report(std::string("find() does not return the area just ") + how + " at " + hex(start));
+    r_.areas.push_back({start, start + rounded});
   }
 
   // Takes back an area freed with free_lazy_reusable, by any writer.
@@ -233,15 +239,12 @@ class Writer {
                                   got.error().message());
     }
     ++r_.reuses;
-    const Area* was = &got->was;
+    const Area& was = got->was;
     const std::size_t rounded = (size + kSpacePage - 1) / kSpacePage * kSpacePage;
-    if (was->end - was->start < rounded || was->start % kSpacePage != 0)
-      s_.violations.report("reuse_lazy(" + std::to_string(size) + ") took [" + hex(was->start) + ", " +
-                           hex(was->end) + "), too small or misaligned");
-    const auto found = s_.space.find(was->start + rounded - 1);
-    if (!found || found->start != was->start || found->end != was->start + rounded)
-      s_.violations.report("find() does not return the area just reused at " + hex(was->start));
-    r_.areas.push_back({was->start, was->start + rounded});
+    if (was.end - was.start < rounded || was.start % kSpacePage != 0)
+      s_.violations.report("reuse_lazy(" + std::to_string(size) + ") took [" + hex(was.start) + ", " +
+                           hex(was.end) + "), too small or misaligned");
+    own(was.start, rounded, "reused");
   }
 
   void free_area() {
