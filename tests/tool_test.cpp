@@ -15,6 +15,7 @@
 #include <iterator>
 #include <set>
 #include <sstream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -130,6 +131,8 @@ TEST_F(ToolTest, BadOptionsExitTwoWithOneLineSayingWhatIsAllowed) {
       {{"map"}, "nothing to draw"},
       {{"map", "--png", "x.svg"}, "must end in .png"},
       {{"map", "--png", "x.png", "--workload", "busy"}, "not one of fragmented|churn|lazy"},
+      {{"bench", "churn", "--hold", "0"}, "--hold: '0' is not a whole number in [1,"},
+      {{"bench", "churn", "--peers", "vmalloc,nope"}, "unknown peer 'nope'"},
   };
   for (const auto& c : cases) {
     std::string joined;
@@ -150,6 +153,26 @@ TEST_F(ToolTest, HelpExitsZero) {
     EXPECT_EQ(result.exit_code, 0);
     EXPECT_NE(result.out.find("Usage:"), std::string::npos);
   }
+}
+
+// Reuse shows in the churn benchmark even with buffers in flight: the
+// default vmalloc faults a small fraction of what fresh pages cost.
+TEST_F(ToolTest, ChurnWithBuffersInFlightShowsReuseSavingTheFaults) {
+  const ToolRun result = run({"bench", "churn", "--hold", "3", "--peers", "vmalloc,vmalloc_fresh,mmap",
+                              "--threads", "1", "--seconds", "0.2", "--repeats", "1", "--no-strace", "--json"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const auto json = nlohmann::json::parse(result.out);
+  ASSERT_TRUE(json.is_array());
+  ASSERT_EQ(json.size(), 3u);
+  std::map<std::string, nlohmann::json> by_peer;
+  for (const auto& row : json) by_peer[row.at("peer").get<std::string>()] = row;
+  ASSERT_EQ(by_peer.size(), 3u);
+  for (const auto& [peer, row] : by_peer) EXPECT_GT(row.at("ops_per_sec").get<double>(), 0) << peer;
+  const double reused = by_peer.at("vmalloc").at("faults_per_op").get<double>();
+  const double fresh = by_peer.at("vmalloc_fresh").at("faults_per_op").get<double>();
+  EXPECT_GT(fresh, 16.0) << "every fresh buffer of 64 KiB or more faults in each page";
+  EXPECT_LT(reused * 4, fresh) << "reuse should save most page faults";
+  EXPECT_GE(by_peer.at("mmap").at("unmap_calls_per_1000_frees").get<double>(), 1000.0);
 }
 
 TEST_F(ToolTest, ContentionJsonHasOneObjectPerCombination) {
