@@ -154,8 +154,8 @@ std::expected<void*, std::error_code> Vmalloc::Impl::vmalloc(std::size_t size, V
   const std::size_t area_bytes = usable_bytes + guard_bytes;
 
   if (quarantine_active.load(std::memory_order_relaxed)) retry_quarantine();
+  const bool populate = (static_cast<unsigned>(flags) & static_cast<unsigned>(VmallocFlags::populate)) != 0;
   if (options.reuse) {
-    const bool populate = (static_cast<unsigned>(flags) & static_cast<unsigned>(VmallocFlags::populate)) != 0;
     if (void* const reused = reuse(usable_bytes, area_bytes, populate)) return reused;
   }
   Area area{};
@@ -170,7 +170,7 @@ std::expected<void*, std::error_code> Vmalloc::Impl::vmalloc(std::size_t size, V
 
   void* const pointer = as_pointer(area.start);
   std::error_code ec = os::commit(pointer, usable_bytes);
-  if (!ec && (static_cast<unsigned>(flags) & static_cast<unsigned>(VmallocFlags::populate)) != 0) {
+  if (!ec && populate) {
     ec = os::populate(pointer, usable_bytes);
   }
   if (ec) {
